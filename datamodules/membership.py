@@ -1,0 +1,167 @@
+"""MembershipDataModule: a data pool split by the membership plan.
+
+`model_index` picks whose training set is loaded: 0 is the target, 1..K the
+references; None means "the whole audit" to `run.py fit` and loads the target.
+Each model validates on its own non-members, and `test` is the population
+hold-out, on which no model ever trains.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from .datasets import DATASETS, IndexedImages, Pool, crop_flip, load_pool
+from .errors import ConfigError, check_choice, check_int
+from .plan import Plan, load_or_create_plan
+
+
+class MembershipDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        dataset: str = "digits",
+        root: str = "data",
+        download: bool = False,
+        num_references: int = 4,
+        model_index: int | None = None,
+        seed: int = 0,
+        population: float | int | None = None,
+        audit_size: int | None = None,
+        batch_size: int = 64,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        augment: bool | None = None,
+        run_dir: str | None = None,
+    ):
+        """
+        Args:
+            dataset: digits (embedded, no download), mnist, fashion_mnist, cifar10, cifar100.
+            root: folder holding the torchvision dataset files.
+            download: let torchvision download missing files (needs internet).
+            num_references: K, the number of reference models (even, >= 0).
+            model_index: which model's training split to load (0 = target, 1..K references).
+            seed: seed of the membership plan.
+            population: size of the population hold-out: a fraction in (0, 1), a count,
+                or null for about 1,000 samples (10% of a pool under 10,000, e.g. digits).
+            audit_size: N, the number of audit samples (null: the rest of the pool).
+            batch_size: training batch size.
+            eval_batch_size: batch size for validation, test and attack queries.
+            num_workers: DataLoader workers.
+            augment: random crop + flip in training (null: on for CIFAR only).
+            run_dir: where the plan is persisted (set from the top-level --run_dir).
+        """
+        super().__init__()
+        check_choice("data.dataset", dataset, list(DATASETS))
+        check_int("data.num_references", num_references, 0, what=" and even")
+        if num_references % 2:
+            raise ConfigError(f"data.num_references={num_references!r} is not allowed; expected an even integer >= 0")
+        if model_index is not None:
+            check_int("data.model_index", model_index, 0, num_references, what=" (0 = target, 1..K = references)")
+        check_int("data.batch_size", batch_size, 1)
+        check_int("data.eval_batch_size", eval_batch_size, 1)
+        check_int("data.num_workers", num_workers, 0)
+        self.save_hyperparameters()
+        self.dataset = dataset
+        self.root = root
+        self.download = download
+        self.num_references = num_references
+        self.model_index = model_index
+        self.seed = seed
+        self.population = population
+        self.audit_size = audit_size
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.run_dir = run_dir
+        self.input_shape, self.num_classes, mean, std, default_augment = DATASETS[dataset]
+        self.normalization = (list(mean), list(std))
+        self.augment = default_augment if augment is None else augment
+        self.pool: Pool | None = None
+        self.plan: Plan | None = None
+
+    # -- the plan -----------------------------------------------------------------------
+    @property
+    def index(self) -> int:
+        """The model whose training split is loaded (None means the target)."""
+        return 0 if self.model_index is None else self.model_index
+
+    @property
+    def membership(self) -> torch.Tensor:
+        return self._need_plan().membership
+
+    @property
+    def population_indices(self) -> torch.Tensor:
+        return self._need_plan().population_indices
+
+    @property
+    def audit_indices(self) -> torch.Tensor:
+        return self._need_plan().audit_indices
+
+    def _need_plan(self) -> Plan:
+        if self.plan is None:
+            raise RuntimeError("the membership plan exists after prepare_data() and setup()")
+        return self.plan
+
+    def _load(self) -> None:
+        if self.pool is None:
+            self.pool = load_pool(self.dataset, self.root, self.download)
+        if self.plan is None:
+            self.plan = load_or_create_plan(
+                self.run_dir, dataset=self.dataset, pool_size=len(self.pool), num_references=self.num_references,
+                seed=self.seed, population=self.population, audit_size=self.audit_size,
+            )
+
+    def prepare_data(self) -> None:
+        # Runs on one process per node: downloads files and writes the plan once;
+        # setup() on every rank then reads the same plan back from the run directory.
+        self._load()
+
+    def setup(self, stage: str | None = None) -> None:
+        self._load()
+
+    # -- datasets -----------------------------------------------------------------------
+    def _audit_subset(self, mask: torch.Tensor, augment: bool) -> IndexedImages:
+        positions = mask.nonzero().squeeze(1)
+        aug = crop_flip(self.input_shape[-1]) if augment else None
+        return IndexedImages(self.pool, self.audit_indices[positions], positions, aug)
+
+    def member_set(self, model_index: int | None = None, augment: bool = False) -> IndexedImages:
+        m = self.index if model_index is None else model_index
+        return self._audit_subset(self.membership[m], augment)
+
+    def nonmember_set(self, model_index: int | None = None) -> IndexedImages:
+        m = self.index if model_index is None else model_index
+        return self._audit_subset(~self.membership[m], False)
+
+    def audit_set(self) -> IndexedImages:
+        """All N audit samples; the third item of each batch is the audit position."""
+        return IndexedImages(self.pool, self.audit_indices)
+
+    def population_set(self) -> IndexedImages:
+        """The Z population samples; the third item is the population position."""
+        return IndexedImages(self.pool, self.population_indices)
+
+    # -- loaders ------------------------------------------------------------------------
+    def _loader(self, ds, shuffle: bool = False, batch_size: int | None = None) -> DataLoader:
+        return DataLoader(
+            ds, batch_size=batch_size or self.eval_batch_size, shuffle=shuffle, num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.member_set(augment=self.augment), shuffle=True, batch_size=self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.nonmember_set())
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.population_set())
+
+    def audit_dataloader(self) -> DataLoader:
+        return self._loader(self.audit_set())
+
+    def population_dataloader(self) -> DataLoader:
+        return self._loader(self.population_set())

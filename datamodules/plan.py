@@ -1,0 +1,139 @@
+"""The membership plan (design.md, "The membership plan"): which audit sample is in
+which model's training set, drawn once and persisted with a fingerprint.
+
+Layout on disk (inside the run directory):
+  plan.json  fingerprint + sizes, human-readable
+  plan.pt    tensors only (membership, audit_indices, population_indices), read with
+             torch.load(weights_only=True) so a shared plan cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import ConfigError
+
+PLAN_VERSION = 1
+
+
+@dataclass
+class Plan:
+    membership: torch.Tensor  # bool [1 + K, N]; row 0 = target, rows 2i-1 / 2i complementary
+    audit_indices: torch.Tensor  # int64 [N], positions in the data pool
+    population_indices: torch.Tensor  # int64 [Z], positions in the data pool, in no training set
+    fingerprint: dict
+
+
+def resolve_population(population: float | int | None, pool_size: int) -> int:
+    """None: about 1,000 samples where the pool allows (RMIA moves in steps of 1/Z), else 10%."""
+    if population is None:
+        z = 1000 if pool_size >= 10_000 else round(0.1 * pool_size)
+    elif isinstance(population, float) and not isinstance(population, bool) and 0.0 < population < 1.0:
+        z = round(population * pool_size)
+    elif isinstance(population, int) and not isinstance(population, bool) and population >= 1:
+        z = population
+    else:
+        raise ConfigError(
+            f"data.population={population!r} is not allowed; use a fraction in (0, 1), a count >= 1, or null for the default"
+        )
+    if not 1 <= z <= pool_size - 2:
+        raise ConfigError(f"data.population={population!r} gives {z} samples; the pool has {pool_size}, so at most {pool_size - 2}")
+    return z
+
+
+def make_plan(dataset: str, pool_size: int, num_references: int, seed: int,
+              population: float | int | None = None, audit_size: int | None = None) -> Plan:
+    if num_references < 0 or num_references % 2:
+        raise ConfigError(f"data.num_references={num_references!r} is not allowed; expected an even integer >= 0")
+    z = resolve_population(population, pool_size)
+    n_max = pool_size - z
+    n = n_max if audit_size is None else audit_size
+    if not (isinstance(n, int) and 2 <= n <= n_max):
+        raise ConfigError(f"data.audit_size={audit_size!r} is not allowed; expected null or an integer in [2, {n_max}]")
+
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(pool_size, generator=g)
+    population_indices = perm[:z].sort().values
+    audit_indices = perm[z : z + n].sort().values
+
+    def random_half() -> torch.Tensor:
+        row = torch.zeros(n, dtype=torch.bool)
+        row[torch.randperm(n, generator=g)[: n // 2]] = True
+        return row
+
+    rows = [random_half()]
+    for _ in range(num_references // 2):
+        row = random_half()
+        rows += [row, ~row]  # complementary pair: each sample IN for exactly K/2 references
+    fingerprint = {
+        "plan_version": PLAN_VERSION,
+        "dataset": dataset,
+        "pool_size": pool_size,
+        "seed": seed,
+        "num_references": num_references,
+        "population": population,
+        "population_size": z,
+        "audit_size": n,
+    }
+    return Plan(torch.stack(rows), audit_indices, population_indices, fingerprint)
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_plan(plan: Plan, run_dir: str | Path) -> None:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {"membership": plan.membership, "audit_indices": plan.audit_indices,
+               "population_indices": plan.population_indices}
+    _atomic_write(run_dir / "plan.pt", lambda p: torch.save(tensors, p))
+    # plan.json is written last: its presence marks a complete plan.
+    _atomic_write(run_dir / "plan.json", lambda p: p.write_text(json.dumps(plan.fingerprint, indent=2) + "\n"))
+
+
+def load_plan(run_dir: str | Path) -> Plan | None:
+    """The plan saved in `run_dir`, or None if there is none."""
+    run_dir = Path(run_dir)
+    meta, data = run_dir / "plan.json", run_dir / "plan.pt"
+    if not meta.exists():
+        return None
+    try:
+        fingerprint = json.loads(meta.read_text())
+        tensors = torch.load(data, weights_only=True, map_location="cpu")
+        plan = Plan(tensors["membership"], tensors["audit_indices"], tensors["population_indices"], fingerprint)
+        k, n = fingerprint["num_references"], fingerprint["audit_size"]
+        if plan.membership.shape != (1 + k, n) or plan.membership.dtype != torch.bool:
+            raise ValueError(f"membership has shape {tuple(plan.membership.shape)}, expected {(1 + k, n)}")
+    except Exception as err:
+        raise ConfigError(f"run_dir={str(run_dir)!r}: the membership plan in {meta} / {data} is unreadable or corrupt ({err})") from None
+    return plan
+
+
+def check_fingerprint(saved: dict, wanted: dict, run_dir: str | Path) -> None:
+    diff = [f"{k}: plan has {saved.get(k)!r}, config gives {wanted[k]!r}" for k in wanted if saved.get(k) != wanted[k]]
+    if diff:
+        raise ConfigError(
+            f"run_dir={str(run_dir)!r} holds a membership plan made with other settings ({'; '.join(diff)}); "
+            "use the same settings or a new --run_dir (the existing plan is never overwritten)"
+        )
+
+
+def load_or_create_plan(run_dir: str | Path | None, **settings) -> Plan:
+    """Load the plan in run_dir (checking its fingerprint) or create and save it."""
+    plan = make_plan(**settings)  # cheap (a few permutations) and validates the settings
+    if run_dir is None:
+        return plan
+    saved = load_plan(run_dir)
+    if saved is None:
+        save_plan(plan, run_dir)
+        return plan
+    check_fingerprint(saved.fingerprint, plan.fingerprint, run_dir)
+    return saved

@@ -1,0 +1,143 @@
+"""One LightningModule for both targets: an ANN, or a surrogate-gradient SNN built
+from the same architecture (spikingjelly, multi-step, T time steps).
+
+The module is what the attacks query black-box: `model(x)` returns logits [B, classes].
+For an SNN, x may be [B, C, H, W] (encoded here, repeated over T steps for direct
+encoding) or an already time-expanded [T, B, C, H, W] (per-time-step query masks);
+the logits are the readout averaged over the T steps, and `forward_steps` gives all T.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from spikingjelly.activation_based import functional
+from torchmetrics.classification import MulticlassAccuracy
+
+from datamodules.errors import ConfigError, check_choice, check_int
+from .networks import ARCHS, NEURONS, SURROGATES, Normalize, build_network
+
+KINDS = ("ann", "snn")
+ENCODINGS = ("direct", "poisson")
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULERS = ("cosine", "none")
+
+
+class Classifier(L.LightningModule):
+    def __init__(
+        self,
+        kind: str = "snn",
+        arch: str = "cnn",
+        T: int = 4,
+        neuron: str = "lif",
+        surrogate: str = "atan",
+        encoding: str = "direct",
+        tau: float = 2.0,
+        v_threshold: float = 1.0,
+        width: float = 1.0,
+        num_classes: int = 10,
+        input_shape: tuple[int, int, int] = (1, 8, 8),
+        normalization: tuple[list[float], list[float]] | None = None,
+        optimizer: str = "adam",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        momentum: float = 0.9,
+        scheduler: str = "cosine",
+    ):
+        """
+        Args:
+            kind: ann (ReLU) or snn (spiking neurons, surrogate gradients).
+            arch: cnn, vgg16 or resnet18.
+            T: SNN time steps (latency); ignored by an ANN.
+            neuron: lif or if.
+            surrogate: atan or sigmoid surrogate gradient of the spike.
+            encoding: direct (the analog image repeated T times) or poisson (rate-coded spikes).
+            tau: LIF membrane time constant.
+            v_threshold: firing threshold.
+            width: channel-width multiplier (1.0 = the standard architecture).
+            num_classes, input_shape, normalization: set from the data module.
+            optimizer: sgd (momentum) or adam; lr, weight_decay, momentum as usual.
+            scheduler: cosine (annealed over trainer.max_epochs) or none.
+        """
+        super().__init__()
+        check_choice("model.kind", kind, KINDS)
+        check_choice("model.arch", arch, ARCHS)
+        check_int("model.T", T, 1)
+        check_choice("model.neuron", neuron, NEURONS)
+        check_choice("model.surrogate", surrogate, SURROGATES)
+        check_choice("model.encoding", encoding, ENCODINGS)
+        check_choice("model.optimizer", optimizer, OPTIMIZERS)
+        check_choice("model.scheduler", scheduler, SCHEDULERS)
+        for key, value in (("model.lr", lr), ("model.width", width), ("model.tau", tau), ("model.v_threshold", v_threshold)):
+            if not value > 0:
+                raise ConfigError(f"{key}={value!r} is not allowed; expected a number > 0")
+        self.save_hyperparameters()
+        self.kind = kind
+        # Read by the attacks' query helpers: None marks an ANN. Settable for
+        # latency sweeps (run the trained SNN with T' steps).
+        self.T = T if kind == "snn" else None
+        self.encoding = encoding
+        self.input_shape = tuple(input_shape)
+        mean, std = normalization if normalization is not None else ([0.0] * input_shape[0], [1.0] * input_shape[0])
+        self.normalize = Normalize(mean, std)
+        self.net = build_network(arch, kind, input_shape, num_classes, width,
+                                 **({} if kind == "ann" else dict(neuron_type=neuron, surrogate_name=surrogate,
+                                                                  tau=tau, v_threshold=v_threshold)))
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    # -- forward ------------------------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] -> [T, B, C, H, W] network input; [T, B, ...] passes through."""
+        if x.dim() == len(self.input_shape) + 1:
+            x = x.unsqueeze(0).expand(self.T, *x.shape)
+        if self.encoding == "poisson":
+            # Rates are pixel intensities in [0, 1]. In eval mode the spike trains come
+            # from a fixed generator so that a query gives the same logits every time.
+            gen = None if self.training else torch.Generator(device=x.device).manual_seed(0)
+            return (torch.rand(x.shape, generator=gen, device=x.device) < x).to(x.dtype)
+        return self.normalize(x)
+
+    def forward_steps(self, x: torch.Tensor) -> torch.Tensor:
+        """SNN readout at every time step: [T, B, classes]."""
+        if self.kind != "snn":
+            raise RuntimeError("forward_steps is for SNNs; this model is an ANN")
+        functional.reset_net(self.net)  # no membrane potential may leak from the last query
+        return self.net(self.encode(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "ann":
+            return self.net(self.normalize(x))
+        return self.forward_steps(x).mean(0)
+
+    # -- training -----------------------------------------------------------------------
+    def _step(self, batch, stage: str, acc):
+        x, y = batch[0], batch[1]
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        acc(logits, y)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(y))
+        self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train", self.train_acc)
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val", self.val_acc)
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test", self.test_acc)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        if hp.optimizer == "sgd":
+            opt = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        else:
+            opt = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        if hp.scheduler == "none":
+            return opt
+        epochs = max(1, self.trainer.max_epochs or 1)
+        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)}
