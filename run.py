@@ -42,7 +42,7 @@ class AuditCLI(LightningCLI):
 
     @property
     def _cfg(self):
-        return self.config[self.subcommand]
+        return self.config[self.subcommand] if self.subcommand else self.config
 
     def before_instantiate_classes(self) -> None:
         # Each model gets its own initialisation seed (seed_everything + model index),
@@ -54,7 +54,7 @@ class AuditCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs):
         directory = model_dir(self._cfg.run_dir, self.datamodule.index)
-        trainer_cfg = self.config_init[self.subcommand].trainer
+        trainer_cfg = (self.config_init[self.subcommand] if self.subcommand else self.config_init).trainer
         if trainer_cfg.get("default_root_dir") is None:
             kwargs["default_root_dir"] = str(directory)
         if trainer_cfg.get("logger") in (None, True):
@@ -90,7 +90,7 @@ class AuditCLI(LightningCLI):
         self._evaluate(self.trainer.test, model, datamodule, ckpt_path, **kwargs)
 
 
-def cli_main(args: list[str] | None = None) -> AuditCLI:
+def cli_main(args: list[str] | None = None, run: bool = True) -> AuditCLI:
     per_command = {"parser_mode": "omegaconf", "default_config_files": [str(DEFAULT_CONFIG)]}
     return AuditCLI(
         Classifier,
@@ -99,8 +99,10 @@ def cli_main(args: list[str] | None = None) -> AuditCLI:
         subclass_mode_data=False,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"parser_mode": "omegaconf", **{sub: dict(per_command) for sub in SUBCOMMANDS}},
+        # Subcommand parsers take their own kwargs; without subcommands (run=False) the main one does.
+        parser_kwargs={sub: dict(per_command) for sub in SUBCOMMANDS} if run else per_command,
         args=args,
+        run=run,
         auto_configure_optimizers=False,
     )
 

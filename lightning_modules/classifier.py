@@ -40,7 +40,7 @@ class Classifier(L.LightningModule):
         input_shape: tuple[int, int, int] = (1, 8, 8),
         normalization: tuple[list[float], list[float]] | None = None,
         optimizer: str = "adam",
-        lr: float = 1e-3,
+        lr: float = 3e-3,
         weight_decay: float = 0.0,
         momentum: float = 0.9,
         scheduler: str = "cosine",

@@ -1,0 +1,78 @@
+"""run.py through its argument list, as a user would type it."""
+
+from pathlib import Path
+
+import pytest
+
+import run
+
+CONFIGS = sorted(str(p) for p in (Path(run.ROOT) / "configs").rglob("*.yaml"))
+
+
+def test_fit_end_to_end_on_digits(tmp_path, fast_trainer_args, capsys):
+    rd = tmp_path / "run"
+    args = ["fit", "--run_dir", str(rd), "--trainer.max_epochs", "1", "--model.width", "0.5", *fast_trainer_args]
+    assert run.main(args) == 0
+    assert (rd / "plan.json").exists() and (rd / "plan.pt").exists()
+    assert (rd / "model_0" / "checkpoints" / "last.ckpt").exists()
+    header, *rows = (rd / "model_0" / "logs" / "metrics.csv").read_text().splitlines()
+    assert {"train/acc", "val/acc", "val/loss"} <= set(header.split(",")) and rows
+    # `test` finds the last checkpoint of the model by itself and reports population accuracy
+    assert run.main(["test", "--run_dir", str(rd), "--model.width", "0.5", *fast_trainer_args]) == 0
+    assert "test/acc" in capsys.readouterr().out
+
+
+def test_reference_model_index_trains_into_its_own_directory(tmp_path, fast_trainer_args):
+    rd = tmp_path / "run"
+    args = ["fit", "--run_dir", str(rd), "--data.model_index", "3", "--data.num_references", "4",
+            "--model.kind", "ann", "--trainer.max_epochs", "1", *fast_trainer_args]
+    assert run.main(args) == 0
+    assert (rd / "model_3" / "checkpoints" / "last.ckpt").exists()
+    assert not (rd / "model_0").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, key",
+    [
+        (["--data.dataset", "svhn"], "data.dataset='svhn'"),
+        (["--model.arch", "lenet"], "model.arch='lenet'"),
+        (["--model.neuron", "izh"], "model.neuron='izh'"),
+        (["--model.surrogate", "relu"], "model.surrogate='relu'"),
+        (["--model.T", "0"], "model.T=0"),
+        (["--data.num_references", "3"], "data.num_references=3"),
+        (["--data.num_references", "-2"], "data.num_references=-2"),
+        (["--data.model_index", "5"], "data.model_index=5"),
+        (["--data.batch_size", "0"], "data.batch_size=0"),
+    ],
+)
+def test_bad_values_end_in_one_line_naming_the_key(tmp_path, capsys, flags, key):
+    assert run.main(["fit", "--run_dir", str(tmp_path / "r"), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and key in err[-1] and "allowed" in err[-1]
+    assert not (tmp_path / "r").exists()
+
+
+def test_missing_dataset_files(tmp_path, capsys, fast_trainer_args):
+    args = ["fit", "--run_dir", str(tmp_path / "r"), "--data.dataset", "mnist", "--data.root", str(tmp_path / "none"),
+            *fast_trainer_args]
+    assert run.main(args) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "MNIST/raw" in last and "--data.download true" in last
+
+
+def test_run_dir_with_another_plan_is_refused_and_kept(tmp_path, capsys, fast_trainer_args):
+    rd = tmp_path / "run"
+    base = ["fit", "--run_dir", str(rd), "--trainer.max_epochs", "1", "--model.width", "0.25", *fast_trainer_args]
+    assert run.main(base) == 0
+    saved = {p: p.read_bytes() for p in rd.rglob("*") if p.is_file() and "logs" not in p.parts}
+    assert run.main(base + ["--data.seed", "7"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "seed: plan has 0, config gives 7" in last
+    assert {p: p.read_bytes() for p in saved} == saved
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: Path(p).relative_to(Path(run.ROOT) / "configs").as_posix())
+def test_every_config_parses_and_instantiates(tmp_path, config):
+    cli = run.cli_main(["--config", config, "--run_dir", str(tmp_path), "--trainer.accelerator", "cpu"], run=False)
+    assert cli.model.hparams.num_classes == cli.datamodule.num_classes
+    assert tuple(cli.model.hparams.input_shape) == tuple(cli.datamodule.input_shape)

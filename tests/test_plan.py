@@ -1,0 +1,143 @@
+"""The membership plan's invariants (design.md, "The membership plan")."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from datamodules import ConfigError, MembershipDataModule, load_plan, make_plan, save_plan
+from datamodules.plan import load_or_create_plan, resolve_population
+
+SETTINGS = dict(dataset="digits", pool_size=1797, num_references=6, seed=3)
+
+
+def test_rows_are_halves_and_references_are_complementary_pairs():
+    plan = make_plan(**SETTINGS)
+    k, n = 6, plan.fingerprint["audit_size"]
+    assert plan.membership.shape == (1 + k, n) and plan.membership.dtype == torch.bool
+    assert plan.membership[0].sum() == n // 2
+    for i in range(1, k // 2 + 1):
+        a, b = plan.membership[2 * i - 1], plan.membership[2 * i]
+        assert torch.equal(b, ~a)
+        assert a.sum() == n // 2
+    # every audit sample is IN for exactly K/2 references and OUT for K/2
+    assert torch.all(plan.membership[1:].sum(0) == k // 2)
+    # the rows are not copies of each other
+    assert not torch.equal(plan.membership[0], plan.membership[1])
+    assert not torch.equal(plan.membership[1], plan.membership[3])
+
+
+def test_population_is_held_out_of_every_training_set():
+    plan = make_plan(**SETTINGS)
+    assert len(plan.population_indices) == 180  # 10% of digits
+    pop = set(plan.population_indices.tolist())
+    audit = plan.audit_indices.tolist()
+    assert not pop & set(audit)
+    assert len(pop | set(audit)) == 1797
+    for row in plan.membership:
+        trained_on = set(plan.audit_indices[row].tolist())
+        assert not trained_on & pop
+
+
+def test_population_defaults_and_forms():
+    assert resolve_population(None, 1797) == 180
+    assert resolve_population(None, 70_000) == 1000
+    assert resolve_population(0.25, 1000) == 250
+    assert resolve_population(123, 1000) == 123
+    for bad in (0, -1, 1.5, 0.0, 999, "x"):
+        with pytest.raises(ConfigError, match="data.population"):
+            resolve_population(bad, 1000)
+
+
+def test_same_seed_same_plan_other_seed_other_plan():
+    a, b = make_plan(**SETTINGS), make_plan(**SETTINGS)
+    assert torch.equal(a.membership, b.membership) and torch.equal(a.population_indices, b.population_indices)
+    c = make_plan(**{**SETTINGS, "seed": 4})
+    assert not torch.equal(a.membership, c.membership)
+
+
+def test_plan_is_identical_in_another_process(tmp_path):
+    code = (
+        "import torch; from datamodules.plan import make_plan;"
+        "p = make_plan(dataset='digits', pool_size=1797, num_references=6, seed=3);"
+        f"torch.save({{'m': p.membership, 'z': p.population_indices}}, {str(tmp_path / 'p.pt')!r})"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(__file__).parents[1]))
+    other = torch.load(tmp_path / "p.pt", weights_only=True)
+    plan = make_plan(**SETTINGS)
+    assert torch.equal(other["m"], plan.membership) and torch.equal(other["z"], plan.population_indices)
+
+
+def test_reload_equality_and_fingerprint(tmp_path):
+    plan = make_plan(**SETTINGS)
+    save_plan(plan, tmp_path)
+    again = load_plan(tmp_path)
+    assert torch.equal(again.membership, plan.membership)
+    assert torch.equal(again.audit_indices, plan.audit_indices)
+    assert torch.equal(again.population_indices, plan.population_indices)
+    fp = json.loads((tmp_path / "plan.json").read_text())
+    assert {"dataset", "pool_size", "seed", "num_references", "population"} <= set(fp)
+
+
+def test_mismatch_is_an_error_naming_the_difference_and_nothing_is_overwritten(tmp_path):
+    load_or_create_plan(tmp_path, **SETTINGS)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(ConfigError, match=r"num_references: plan has 6, config gives 4"):
+        load_or_create_plan(tmp_path, **{**SETTINGS, "num_references": 4})
+    with pytest.raises(ConfigError, match=r"seed: plan has 3, config gives 9"):
+        load_or_create_plan(tmp_path, **{**SETTINGS, "seed": 9})
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_corrupt_plan_is_an_error_naming_the_file(tmp_path):
+    load_or_create_plan(tmp_path, **SETTINGS)
+    (tmp_path / "plan.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ConfigError, match="plan.pt"):
+        load_or_create_plan(tmp_path, **SETTINGS)
+
+
+@pytest.mark.parametrize("k", [1, 3, -2])
+def test_odd_or_negative_k_is_refused(k):
+    with pytest.raises(ConfigError, match="num_references"):
+        make_plan(**{**SETTINGS, "num_references": k})
+
+
+def test_datamodule_exposes_the_plan_and_loads_each_models_split(tmp_path):
+    dm = MembershipDataModule(num_references=2, model_index=2, run_dir=str(tmp_path))
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.membership.shape[0] == 3 and len(dm.population_indices) == 180
+    n = dm.membership.shape[1]
+    # the training set is model 2's members; validation its non-members
+    train = torch.cat([b[2] for b in dm.train_dataloader()])
+    val = torch.cat([b[2] for b in dm.val_dataloader()])
+    assert set(train.tolist()) == set(dm.membership[2].nonzero().squeeze(1).tolist())
+    assert set(val.tolist()) == set((~dm.membership[2]).nonzero().squeeze(1).tolist())
+    assert len(train) + len(val) == n
+    # test = the population; audit = every audit sample once, in order
+    assert sum(len(b[0]) for b in dm.test_dataloader()) == 180
+    audit = torch.cat([b[2] for b in dm.audit_dataloader()])
+    assert torch.equal(audit, torch.arange(n))
+    # a second data module (another rank, a later process) reads the same plan back
+    dm2 = MembershipDataModule(num_references=2, model_index=0, run_dir=str(tmp_path))
+    dm2.setup("fit")
+    assert torch.equal(dm2.membership, dm.membership)
+    x, y, i = next(iter(dm.train_dataloader()))
+    assert x.shape[1:] == (1, 8, 8) and 0.0 <= x.min() and x.max() <= 1.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        ({"dataset": "svhn"}, "data.dataset"),
+        ({"num_references": 3}, "data.num_references"),
+        ({"num_references": 2, "model_index": 3}, "data.model_index"),
+        ({"model_index": -1}, "data.model_index"),
+        ({"batch_size": 0}, "data.batch_size"),
+    ],
+)
+def test_datamodule_bad_values(kwargs, key):
+    with pytest.raises(ConfigError, match=key):
+        MembershipDataModule(**kwargs)
