@@ -1,0 +1,25 @@
+"""Membership-inference scoring: plain math on tensors (no Lightning).
+
+signals.py  true-class probability and rescaled logit from logits
+queries.py  query strategies (plain, flip, input dropout) and their parser
+collect.py  run a model over a loader with a strategy -> logits / signals by sample index
+scores.py   Attack-P, Attack-R, LiRA, reference ratio;  rmia.py  RMIA
+metrics.py  exact ROC, AUC, TPR at low FPR;  plots.py  ROC and histogram PNGs
+"""
+
+from .collect import query_logits, query_signals
+from .metrics import FPR_LEVELS, downsample_roc, roc_metrics
+from .plots import plot_roc, plot_score_histograms
+from .queries import Flip, InputDropout, Plain, QueryStrategy, flip, input_dropout, parse_query, plain
+from .rmia import rmia
+from .scores import attack_p, attack_r, lira, reference_ratio
+from .signals import rescaled_logit, true_class_probability
+
+__all__ = [
+    "true_class_probability", "rescaled_logit",
+    "QueryStrategy", "Plain", "Flip", "InputDropout", "plain", "flip", "input_dropout", "parse_query",
+    "query_logits", "query_signals",
+    "attack_p", "attack_r", "rmia", "lira", "reference_ratio",
+    "roc_metrics", "downsample_roc", "FPR_LEVELS",
+    "plot_roc", "plot_score_histograms",
+]
