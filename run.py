@@ -1,41 +1,114 @@
 """Train and audit ANN / SNN targets for membership inference.
 
-    python run.py fit                                   # the embedded default (digits, SNN, K = 4)
-    python run.py fit --model.kind ann --run_dir runs/digits_ann
+    python run.py fit                                   # the whole audit on the embedded default
+    python run.py fit --data.model_index 2              # train only model 2 (a reference; 0 is the target)
+    python run.py audit --queries '[plain, "dropout:p=0.01,n=10"]' --latencies '[1, 2, 4]'
     python run.py fit --config configs/fashion_mnist.yaml
-    python run.py test --run_dir runs/default           # test accuracy of the last checkpoint
+    python run.py test --run_dir runs/default           # population accuracy of the target's last checkpoint
     python run.py fit --print_config                    # the resolved configuration
+    python run.py submit --config CFG --partition gpu --time 12:00:00 --submit   # SLURM: reference array, then the target
 
 Every run reads configs/default.yaml first, then any --config files, then flags.
+`fit` with data.model_index null trains every missing reference model, then the
+target with the MembershipAttack callback, and writes run_dir/audit/. A rerun skips
+finished models and resumes interrupted ones from their last checkpoint.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import sys
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.trainer.states import TrainerStatus
 
+from callbacks import ATTACKS, MembershipAttack
+from callbacks.cache import file_sha256, model_dir, write_json
 from datamodules import ConfigError, MembershipDataModule
 from lightning_modules import Classifier
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_CONFIG = ROOT / "configs" / "default.yaml"
-SUBCOMMANDS = ("fit", "validate", "test")
+SUBCOMMANDS = ("fit", "validate", "test", "audit")
 
 
-def model_dir(run_dir: str | Path, index: int) -> Path:
-    """run_dir/model_0 is the target, run_dir/model_k the k-th reference."""
-    return Path(run_dir) / f"model_{index}"
+class AuditTrainer(L.Trainer):
+    def audit(self, model: L.LightningModule, datamodule: L.LightningDataModule | None = None,
+              queries: list[str] = ["plain"], latencies: list[int] | None = None,
+              attacks: list[str] = list(ATTACKS), query_seed: int = 0, audit_subset: int | None = None,
+              rmia_offline_a: float = 0.3, rmia_gamma: float = 1.0, rmia_per_query: bool = False,
+              lira_fix_variance: bool | None = None) -> None:
+        """Attack finished checkpoints without training: one report row per attack x query x latency.
+
+        Args:
+            queries: query strategies: plain, flip, "dropout:p=0.01,n=10[,per_timestep=true]".
+            latencies: SNN inference latencies T' to audit (null: the trained T).
+            attacks: attacks to run (default: all).
+            query_seed: seed of the input-dropout masks.
+            audit_subset: audit a fixed random subset of this many samples.
+            rmia_offline_a, rmia_gamma, rmia_per_query, lira_fix_variance: as in MembershipAttack.
+        """
+        raise NotImplementedError("run through `python run.py audit`")
+
+
+class ConfigToLoggers(SaveConfigCallback):
+    """Saves config.yaml next to the logs and gives the resolved config to W&B as the run config."""
+
+    def save_config(self, trainer, pl_module, stage) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_hyperparams({"config": self.config.as_dict()})
+
+
+def wandb_id(run_dir: str | Path, index: int) -> str:
+    """Stable per (run directory, model index): a restarted job continues the same W&B run."""
+    digest = hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:10]
+    return f"{Path(run_dir).name[:40]}-{digest}-m{index}"
+
+
+def make_logger(spec: Any, run_dir: str | Path, index: int):
+    """The configured logger, built for model `index`: CSV by default (no network); a
+    WandbLogger gets a stable id, resume='allow', and a name/group from the run directory."""
+    directory = model_dir(run_dir, index)
+    if spec in (None, True):
+        return CSVLogger(save_dir=str(directory), name="logs", version="")
+    if spec is False:
+        return False
+    from lightning.pytorch.cli import instantiate_class
+
+    specs = spec if isinstance(spec, list) else [spec]
+    loggers = []
+    for s in specs:
+        s = s.as_dict() if hasattr(s, "as_dict") else dict(s)
+        init = dict(s.get("init_args") or {})
+        if s["class_path"].endswith("WandbLogger"):
+            # The parsed config holds every default (save_dir=".", id=None, ...): fill the unset ones.
+            directory.mkdir(parents=True, exist_ok=True)  # else wandb falls back to ./wandb
+            defaults = {"save_dir": str(directory), "name": f"{Path(run_dir).name}/model_{index}",
+                        "group": Path(run_dir).name, "id": wandb_id(run_dir, index), "resume": "allow"}
+            for key, value in defaults.items():
+                if init.get(key) in (None, "", "."):
+                    init[key] = value
+        loggers.append(instantiate_class((), {"class_path": s["class_path"], "init_args": init}))
+    return loggers if isinstance(spec, list) else loggers[0]
 
 
 class AuditCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {**LightningCLI.subcommands(), "audit": {"model", "datamodule"}}
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--run_dir", type=str, default="runs/default",
                             help="Run directory: membership plan, one model_<k>/ per model, audit/ reports.")
+        parser.add_argument("--references", type=dict[str, Any] | None, default=None,
+                            help="Model settings that differ for the reference models, e.g. {kind: ann}.")
         parser.link_arguments("run_dir", "data.run_dir")
         for key in ("num_classes", "input_shape", "normalization"):
             parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
@@ -45,41 +118,110 @@ class AuditCLI(LightningCLI):
         return self.config[self.subcommand] if self.subcommand else self.config
 
     def before_instantiate_classes(self) -> None:
-        # Each model gets its own initialisation seed (seed_everything + model index),
-        # so references are independent draws, and any model can be retrained alone.
-        seed = self._cfg.seed_everything
-        if seed is not False:
-            index = self._cfg.data.model_index or 0
-            L.seed_everything(int(seed) + index, workers=True, verbose=False)
+        cfg = self._cfg
+        index = cfg.data.model_index or 0
+        if index > 0 and cfg.references:  # training one reference alone: apply its overrides
+            allowed = set(inspect.signature(Classifier.__init__).parameters) - {"self", "num_classes", "input_shape",
+                                                                                "normalization"}
+            bad = sorted(set(cfg.references) - allowed)
+            if bad:
+                raise ConfigError(f"references={dict(cfg.references)!r}: unknown model key(s) {bad}; allowed: {sorted(allowed)}")
+            for k, v in cfg.references.items():
+                cfg.model[k] = v
+        # Model k is initialised with seed seed_everything + k: references are independent
+        # draws, and any model retrained alone gets the same initialisation.
+        if cfg.seed_everything is not False:
+            L.seed_everything(int(cfg.seed_everything) + index, workers=True, verbose=False)
 
     def instantiate_trainer(self, **kwargs):
-        directory = model_dir(self._cfg.run_dir, self.datamodule.index)
-        trainer_cfg = (self.config_init[self.subcommand] if self.subcommand else self.config_init).trainer
+        trainer_cfg = self._cfg.trainer
+        index = self.datamodule.index
         if trainer_cfg.get("default_root_dir") is None:
-            kwargs["default_root_dir"] = str(directory)
-        if trainer_cfg.get("logger") in (None, True):
-            # CSV by default: works offline and keeps every epoch next to the checkpoints.
-            kwargs["logger"] = CSVLogger(save_dir=str(directory), name="logs", version="")
-        trainer = super().instantiate_trainer(**kwargs)
-        checkpoint = ModelCheckpoint(dirpath=directory / "checkpoints", save_last=True, save_top_k=0)
-        trainer.callbacks.append(checkpoint)
-        return trainer
+            kwargs["default_root_dir"] = str(model_dir(self._cfg.run_dir, index))
+        kwargs["logger"] = make_logger(trainer_cfg.get("logger"), self._cfg.run_dir, index)
+        configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+        configured = configured if isinstance(configured, list) else [configured]
+        # Ours is the checkpoint that resume and the signal caches rely on: run_dir/model_<k>/checkpoints/last.ckpt.
+        kwargs["callbacks"] = [*configured, self._checkpoint(index)]
+        return super().instantiate_trainer(**kwargs)
 
-    def _last_checkpoint(self) -> Path:
-        return model_dir(self._cfg.run_dir, self.datamodule.index) / "checkpoints" / "last.ckpt"
+    def _checkpoint(self, index: int) -> ModelCheckpoint:
+        # One file, overwritten at every epoch end: checkpoints/last.ckpt (save_top_k=0 with
+        # save_last=True saves nothing until the end of fit in Lightning 2.6).
+        return ModelCheckpoint(dirpath=model_dir(self._cfg.run_dir, index) / "checkpoints", filename="last",
+                               save_top_k=1, enable_version_counter=False)
 
+    # -- fit: references on demand, then the target ------------------------------------------
     def fit(self, model, datamodule, ckpt_path=None, **kwargs):
-        last = self._last_checkpoint()
-        if ckpt_path is None and last.exists():
-            ckpt_path = str(last)  # resume an interrupted run of this model
-            print(f"resuming model {datamodule.index} from {last}", file=sys.stderr)
-        self.trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
+        run_dir = self._cfg.run_dir
+        datamodule.prepare_data()  # writes (or checks) the plan before anything trains
+        for cb in self.trainer.callbacks:
+            if isinstance(cb, MembershipAttack):
+                cb.check()  # a bad audit setting fails now, not after the references trained
+        if self._cfg.data.model_index is None:
+            K = datamodule.num_references
+            todo = [k for k in range(1, K + 1) if not (model_dir(run_dir, k) / "done.json").is_file()]
+            if K:
+                print(f"references: {K - len(todo)}/{K} finished; training {todo or 'none'}", file=sys.stderr)
+            for n, k in enumerate(todo, 1):
+                print(f"[reference {n}/{len(todo)}] model_{k}", file=sys.stderr)
+                self._train(*self._reference(k), None)
+        self._train(self.trainer, model, datamodule, ckpt_path)
+
+    def _reference(self, k: int):
+        """A fresh trainer, model and data module for reference k (no audit callback)."""
+        cfg = self._cfg
+        L.seed_everything(int(cfg.seed_everything or 0) + k, workers=True, verbose=False)
+        hp = {key: v for key, v in self.model.hparams.items() if not key.startswith("_")}
+        model = Classifier(**{**hp, **(cfg.references or {})})
+        dm_hp = {key: v for key, v in self.datamodule.hparams.items() if not key.startswith("_")}
+        dm = MembershipDataModule(**{**dm_hp, "model_index": k})
+        from lightning.pytorch.cli import instantiate_class
+
+        trainer_kwargs = {}
+        for key, v in cfg.trainer.as_dict().items():
+            if key not in ("callbacks", "logger"):  # fresh objects per trainer (strategy, plugins, ...)
+                trainer_kwargs[key] = instantiate_class((), v) if isinstance(v, dict) and "class_path" in v else v
+        trainer_kwargs.update(default_root_dir=str(model_dir(cfg.run_dir, k)),
+                              logger=make_logger(cfg.trainer.get("logger"), cfg.run_dir, k),
+                              callbacks=[self._checkpoint(k)])
+        return AuditTrainer(**trainer_kwargs), model, dm
+
+    def _train(self, trainer, model, datamodule, ckpt_path) -> None:
+        directory = model_dir(self._cfg.run_dir, datamodule.index)
+        done, last = directory / "done.json", directory / "checkpoints" / "last.ckpt"
+        if done.is_file() and ckpt_path is None:
+            print(f"model_{datamodule.index} finished earlier ({done}); skipping. "
+                  f"`run.py audit` re-attacks it; a new --run_dir retrains.", file=sys.stderr)
+            return
+        if ckpt_path is None:
+            # The newest of last.ckpt (every epoch end) and Lightning's SLURM requeue checkpoint
+            # (hpc_ckpt_*.ckpt, written mid-epoch on SIGUSR1), so a requeued job loses no work.
+            found = [p for p in (last, *directory.glob("hpc_ckpt_*.ckpt")) if p.is_file()]
+            if found:
+                ckpt_path = str(max(found, key=lambda p: p.stat().st_mtime_ns))
+                print(f"resuming model_{datamodule.index} from {ckpt_path}", file=sys.stderr)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        if trainer.state.status == TrainerStatus.FINISHED and trainer.is_global_zero and last.is_file():
+            hp = model.hparams
+            write_json(done, {"checkpoint": "checkpoints/last.ckpt", "checkpoint_sha256": file_sha256(last),
+                              "epochs": trainer.current_epoch, "kind": hp.kind, "arch": hp.arch,
+                              "T": hp.T if hp.kind == "snn" else None, "plan": datamodule.plan.fingerprint})
+
+    # -- audit, validate, test ---------------------------------------------------------------
+    def audit(self, model, datamodule, **kwargs):
+        from callbacks.audit import run_audit
+
+        datamodule.prepare_data()
+        datamodule.setup("audit")
+        run_audit(datamodule, device=self.trainer.strategy.root_device, **kwargs)
 
     def _evaluate(self, fn, model, datamodule, ckpt_path=None, **kwargs):
         if ckpt_path is None:
-            last = self._last_checkpoint()
+            last = model_dir(self._cfg.run_dir, self.datamodule.index) / "checkpoints" / "last.ckpt"
             if not last.exists():
-                raise ConfigError(f"run_dir={self._cfg.run_dir!r}: no checkpoint at {last}; train it with `run.py fit` or pass --ckpt_path")
+                raise ConfigError(f"run_dir={self._cfg.run_dir!r}: no checkpoint at {last}; "
+                                  "train it with `run.py fit` or pass --ckpt_path")
             ckpt_path = str(last)
         fn(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
 
@@ -95,9 +237,11 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> AuditCLI:
     return AuditCLI(
         Classifier,
         MembershipDataModule,
+        trainer_class=AuditTrainer,
         subclass_mode_model=False,
         subclass_mode_data=False,
         seed_everything_default=0,
+        save_config_callback=ConfigToLoggers,
         save_config_kwargs={"overwrite": True},
         # Subcommand parsers take their own kwargs; without subcommands (run=False) the main one does.
         parser_kwargs={sub: dict(per_command) for sub in SUBCOMMANDS} if run else per_command,
@@ -108,6 +252,11 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> AuditCLI:
 
 
 def main(args: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv[:1] == ["submit"]:  # SLURM scripts for the same config (docs/cluster.md); not a Trainer method
+        from cluster.slurm import submit_main
+
+        return submit_main(argv[1:])
     try:
         cli_main(args)
     except ConfigError as err:

@@ -122,6 +122,30 @@ class MembershipDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self._load()
 
+    # -- checkpoints carry the plan -------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Saved in every checkpoint: which plan and which row the model was trained on."""
+        return {"plan": dict(self._need_plan().fingerprint), "model_index": self.index}
+
+    def load_state_dict(self, state: dict) -> None:
+        """On resume: refuse a checkpoint trained on another plan or another model's split."""
+        if self.plan is None:
+            return
+        if state.get("plan") != self.plan.fingerprint or state.get("model_index") != self.index:
+            raise ConfigError(
+                f"data.model_index={self.index}: the checkpoint being resumed was trained on plan {state.get('plan')} "
+                f"as model {state.get('model_index')}, not on this run's plan {self.plan.fingerprint}; "
+                "use a new --run_dir or the original settings"
+            )
+
+    def subset_positions(self, size: int | None, seed: int = 0) -> torch.Tensor | None:
+        """A fixed random subset of audit positions (sorted), or None for all."""
+        n = self.membership.shape[1]
+        if size is None or size >= n:
+            return None
+        g = torch.Generator().manual_seed(seed)
+        return torch.randperm(n, generator=g)[:size].sort().values
+
     # -- datasets -----------------------------------------------------------------------
     def _audit_subset(self, mask: torch.Tensor, augment: bool) -> IndexedImages:
         positions = mask.nonzero().squeeze(1)
@@ -136,9 +160,11 @@ class MembershipDataModule(L.LightningDataModule):
         m = self.index if model_index is None else model_index
         return self._audit_subset(~self.membership[m], False)
 
-    def audit_set(self) -> IndexedImages:
-        """All N audit samples; the third item of each batch is the audit position."""
-        return IndexedImages(self.pool, self.audit_indices)
+    def audit_set(self, positions: torch.Tensor | None = None) -> IndexedImages:
+        """The audit samples (all N, or those at `positions`); the third item of each
+        batch is the sample's rank in that set: 0..N-1, or 0..len(positions)-1."""
+        indices = self.audit_indices if positions is None else self.audit_indices[positions]
+        return IndexedImages(self.pool, indices)
 
     def population_set(self) -> IndexedImages:
         """The Z population samples; the third item is the population position."""
@@ -160,8 +186,8 @@ class MembershipDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.population_set())
 
-    def audit_dataloader(self) -> DataLoader:
-        return self._loader(self.audit_set())
+    def audit_dataloader(self, positions: torch.Tensor | None = None) -> DataLoader:
+        return self._loader(self.audit_set(positions))
 
     def population_dataloader(self) -> DataLoader:
         return self._loader(self.population_set())

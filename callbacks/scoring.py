@@ -1,0 +1,96 @@
+"""From cached signals to attack scores and metrics: the glue between the models'
+signals (callbacks/cache.py) and the pure math in attacks/."""
+
+from __future__ import annotations
+
+import torch
+
+from attacks import attack_p, attack_r, lira, reference_ratio, rmia, roc_metrics
+
+ATTACKS = ("attack_p", "attack_r", "rmia_offline", "rmia_online", "lira_online", "lira_offline", "reference_ratio")
+SUMMARY = ("auc", "tpr@1%fpr", "tpr@0.1%fpr", "tpr@0.01%fpr", "tpr@0%fpr")
+LOGGED = ("auc", "tpr@1%fpr", "tpr@0.1%fpr", "tpr@0%fpr")
+
+
+def check_attacks(names) -> list[str]:
+    from datamodules.errors import ConfigError
+
+    names = list(names)
+    bad = [n for n in names if n not in ATTACKS]
+    if bad or not names:
+        raise ConfigError(f"attacks={names!r} is not allowed; choose from: {', '.join(ATTACKS)}")
+    return names
+
+
+def runnable(names, num_references: int) -> tuple[list[str], dict[str, str]]:
+    """The attacks that can run with this many references, and why the others cannot."""
+    ok, skipped = [], {}
+    for n in names:
+        if n != "attack_p" and num_references == 0:
+            skipped[n] = "needs reference models and none has finished training"
+        elif n in ("rmia_online", "lira_online") and num_references < 2:
+            skipped[n] = "needs IN and OUT references for every sample (K >= 2)"
+        else:
+            ok.append(n)
+    return ok, skipped
+
+
+def score_attacks(names, target: dict, references: list[dict], ref_in: torch.Tensor | None, *,
+                  rmia_offline_a: float = 0.3, rmia_gamma: float = 1.0, rmia_per_query: bool = False,
+                  lira_fix_variance: bool | None = None) -> dict[str, torch.Tensor]:
+    """Scores [N] per attack. `target` and each reference are signal dicts of one query
+    strategy ("audit/probability" [Q, N], ...). Signals are averaged over the Q queries
+    (RMIA optionally scores each query and averages the scores). `ref_in` [K, N] is the
+    references' membership rows. LiRA's variance is fixed (one global sigma) by default
+    when fewer than 64 references are IN/OUT per sample, as LiRA's paper advises."""
+    p_t = target["audit/probability"].double()
+    out: dict[str, torch.Tensor] = {}
+    if references:
+        p_r = torch.stack([r["audit/probability"] for r in references]).double()      # [K, Q, N]
+        pz_t = target["population/probability"].double()
+        pz_r = torch.stack([r["population/probability"] for r in references]).double()
+        phi_t = target["audit/rescaled_logit"].double().mean(0)
+        phi_r = torch.stack([r["audit/rescaled_logit"] for r in references]).double().mean(1)
+        if lira_fix_variance is None:
+            lira_fix_variance = len(references) < 128
+    for name in names:
+        if name == "attack_p":
+            out[name] = attack_p(p_t.mean(0))
+        elif name == "attack_r":
+            out[name] = attack_r(p_t.mean(0), p_r.mean(1), ref_in)
+        elif name == "reference_ratio":
+            out[name] = reference_ratio(p_t.mean(0), p_r.mean(1))
+        elif name.startswith("rmia_"):
+            a = rmia_offline_a if name == "rmia_offline" else None
+            if rmia_per_query:
+                out[name] = rmia(p_t, p_r, pz_t, pz_r, ref_in, offline_a=a, gamma=rmia_gamma, per_query=True)
+            else:
+                out[name] = rmia(p_t.mean(0), p_r.mean(1), pz_t.mean(0), pz_r.mean(1), ref_in, offline_a=a,
+                                 gamma=rmia_gamma)
+        elif name.startswith("lira_"):
+            out[name] = lira(phi_t, phi_r, ref_in, online=name == "lira_online", fix_variance=lira_fix_variance)
+    return out
+
+
+def accuracies(target: dict, is_member: torch.Tensor) -> dict[str, float]:
+    """The target's accuracy on its training members and on the population (test),
+    read off the first query's `correct` signals: no extra pass over the data."""
+    train = float(target["audit/correct"][0][is_member].float().mean())
+    test = float(target["population/correct"][0].float().mean())
+    return {"train_acc": train, "test_acc": test, "acc_gap": train - test}
+
+
+def evaluate(names, target: dict, references: list[dict], ref_in, is_member: torch.Tensor, **kwargs) -> dict[str, dict]:
+    """roc_metrics (with the curve) per attack."""
+    scores = score_attacks(names, target, references, ref_in, **kwargs)
+    return {name: roc_metrics(s, is_member) for name, s in scores.items()}
+
+
+def summary(metrics: dict, keys=SUMMARY) -> dict[str, float]:
+    return {k: float(metrics[k]) for k in keys if k in metrics}
+
+
+def distinct_fraction(target: dict) -> float:
+    """Distinct target confidences / N: low values mean many ties (coarse SNN outputs)."""
+    p = target["audit/probability"].double().mean(0)
+    return float(torch.unique(p).numel() / p.numel())

@@ -1,0 +1,200 @@
+"""The audit while training: callback, references on demand, caches, reports, W&B."""
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import run
+from callbacks import ATTACKS
+from callbacks.cache import cached_signals, load_checkpoint
+from datamodules import ConfigError, MembershipDataModule
+
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+def fit(rd, *flags):
+    return run.main(["fit", "--run_dir", str(rd), *QUIET, *flags])
+
+
+def rows(rd, index=0):
+    with open(Path(rd) / f"model_{index}" / "logs" / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """The default run, shrunk: K = 2 SNN references + SNN target, 2 epochs each."""
+    rd = tmp_path_factory.mktemp("audit") / "run"
+    assert fit(rd, "--data.num_references", "2", "--trainer.max_epochs", "2", "--model.width", "0.5") == 0
+    return rd
+
+
+def test_default_run_logs_every_attack_every_epoch_and_writes_the_report(small_run):
+    rd = small_run
+    for k in (0, 1, 2):
+        assert (rd / f"model_{k}" / "done.json").is_file()
+    epochs = {}
+    for r in rows(rd):
+        if r.get("attack/rmia_offline/auc"):
+            epochs[int(r["epoch"])] = r
+    assert sorted(epochs) == [0, 1]
+    for r in epochs.values():
+        for name in ATTACKS:
+            for m in ("auc", "tpr@1%fpr", "tpr@0.1%fpr", "tpr@0%fpr"):
+                v = float(r[f"attack/{name}/{m}"])
+                assert 0.0 <= v <= 1.0
+        assert float(r["audit/train_acc"]) - float(r["audit/test_acc"]) == pytest.approx(float(r["audit/acc_gap"]), abs=1e-6)
+    report = json.loads((rd / "audit" / "report.json").read_text())
+    assert set(report["attacks"]) == set(ATTACKS)
+    assert [h["epoch"] for h in report["history"]] == [0, 1]
+    assert {"train_acc", "test_acc"} <= set(report["history"][-1])
+    assert report["attacks"]["rmia_offline"]["auc"] == pytest.approx(float(epochs[1]["attack/rmia_offline/auc"]), abs=1e-6)
+    for name in ATTACKS:
+        c = report["curves"][name]
+        assert c["fpr"][0] == 0.0 and c["fpr"][-1] == 1.0 and len(c["fpr"]) <= 1100
+    md = (rd / "audit" / "report.md").read_text()
+    assert "| rmia_offline |" in md and "train" in md
+    assert (rd / "audit" / "roc.png").stat().st_size > 10_000
+
+
+def test_rerun_skips_finished_models_and_audit_reuses_the_cache(small_run, capsys):
+    rd = small_run
+    stamp = {k: (rd / f"model_{k}" / "checkpoints" / "last.ckpt").stat().st_mtime_ns for k in (0, 1, 2)}
+    assert fit(rd, "--data.num_references", "2", "--trainer.max_epochs", "2", "--model.width", "0.5") == 0
+    assert "finished earlier" in capsys.readouterr().err
+    assert stamp == {k: (rd / f"model_{k}" / "checkpoints" / "last.ckpt").stat().st_mtime_ns for k in (0, 1, 2)}
+
+    args = ["audit", "--run_dir", str(rd), "--data.num_references", "2", "--model.width", "0.5", *QUIET]
+    assert run.main(args) == 0  # the references' signals were cached by the callback during fit
+    first = json.loads((rd / "audit" / "report.json").read_text())["settings"]["signal_cache"]
+    assert first == {"hits": 2, "misses": 1}  # the target (model 0) is new to the cache
+    assert run.main(args) == 0
+    again = json.loads((rd / "audit" / "report.json").read_text())["settings"]["signal_cache"]
+    assert again == {"hits": 3}
+
+    # a changed reference checkpoint is recomputed, never silently reused
+    path = rd / "model_1" / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(path, weights_only=True)
+    key = next(k for k in ckpt["state_dict"] if k.endswith("weight"))
+    ckpt["state_dict"][key] = ckpt["state_dict"][key] * 0.5
+    torch.save(ckpt, path)
+    assert run.main(args) == 0
+    changed = json.loads((rd / "audit" / "report.json").read_text())["settings"]["signal_cache"]
+    assert changed == {"hits": 2, "misses": 1}
+
+
+def test_audit_grid_of_queries_and_latencies(small_run):
+    rd = small_run
+    args = ["audit", "--run_dir", str(rd), "--data.num_references", "2", "--model.width", "0.5", *QUIET,
+            "--queries", "[plain, 'dropout:p=0.05,n=2']", "--latencies", "[1, 2]", "--attacks", "[attack_p, rmia_offline]"]
+    assert run.main(args) == 0
+    report = json.loads((rd / "audit" / "report.json").read_text())
+    assert set(report["attacks"]) == {
+        "attack_p@T1", "rmia_offline@T1", "attack_p@dropout_p0.05_n2,T1", "rmia_offline@dropout_p0.05_n2,T1",
+        "attack_p@T2", "rmia_offline@T2", "attack_p@dropout_p0.05_n2,T2", "rmia_offline@dropout_p0.05_n2,T2",
+    }
+
+
+def _train_three(rd, *target_flags, ref_flags=("--model.kind", "ann", "--trainer.max_epochs", "40")):
+    common = ["--data.num_references", "2", "--data.audit_size", "300", "--data.batch_size", "32", "--model.lr", "0.01"]
+    for k in (1, 2):
+        assert fit(rd, *common, "--data.model_index", str(k), *ref_flags) == 0
+    assert fit(rd, *common, "--data.model_index", "0", "--model.kind", "ann", *target_flags) == 0
+    return json.loads((rd / "audit" / "report.json").read_text())
+
+
+def test_overfitted_target_leaks_and_untrained_target_does_not(tmp_path):
+    leaky = _train_three(tmp_path / "leaky", "--trainer.max_epochs", "40")
+    assert leaky["target"]["train_acc"] > leaky["target"]["test_acc"]
+    assert leaky["attacks"]["rmia_offline"]["auc"] > 0.6
+    untrained = _train_three(tmp_path / "untrained", "--trainer.max_epochs", "1", "--model.lr", "1e-12")
+    assert abs(untrained["attacks"]["rmia_offline"]["auc"] - 0.5) < 0.1
+
+
+def test_no_references_runs_reference_free_attacks_and_says_why_once(tmp_path):
+    rd = tmp_path / "run"
+    with pytest.warns(UserWarning, match="MembershipAttack skips 6 attack") as record:
+        assert fit(rd, "--data.num_references", "0", "--trainer.max_epochs", "2", "--model.kind", "ann") == 0
+    assert sum("MembershipAttack skips" in str(w.message) for w in record) == 1  # once, not every epoch
+    report = json.loads((rd / "audit" / "report.json").read_text())
+    assert set(report["attacks"]) == {"attack_p"}
+    assert "needs reference models" in report["skipped"]["rmia_offline"]
+
+
+def test_interrupted_run_resumes_and_finishes_with_every_epoch(tmp_path):
+    rd = tmp_path / "run"
+    flags = ["--data.num_references", "0", "--trainer.max_epochs", "3", "--model.kind", "ann"]
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        fit(rd, *flags, "--trainer.callbacks+=helpers.Interrupt", "--trainer.callbacks.epoch", "1")
+    assert (rd / "model_0" / "checkpoints" / "last.ckpt").is_file()
+    assert not (rd / "model_0" / "done.json").exists()
+    assert fit(rd, *flags) == 0
+    assert json.loads((rd / "model_0" / "done.json").read_text())["epochs"] == 3
+    report = json.loads((rd / "audit" / "report.json").read_text())
+    assert [h["epoch"] for h in report["history"]] == [0, 1, 2]
+
+
+def test_wandb_offline_writes_a_run_with_a_stable_id(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    rd = tmp_path / "run"
+    logger = "{class_path: lightning.pytorch.loggers.WandbLogger, init_args: {project: mia-test}}"
+    assert fit(rd, "--data.num_references", "0", "--trainer.max_epochs", "1", "--model.kind", "ann",
+               "--trainer.logger", logger) == 0
+    runs = list((rd / "model_0" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and run.wandb_id(rd, 0) in runs[0].name
+    assert run.wandb_id(rd, 0) == run.wandb_id(str(rd), 0) != run.wandb_id(rd, 1)
+
+
+def _done_run(tmp_path):
+    rd = tmp_path / "run"
+    assert fit(rd, "--data.num_references", "2", "--data.model_index", "1", "--trainer.max_epochs", "1",
+               "--model.kind", "ann") == 0
+    dm = MembershipDataModule(num_references=2, run_dir=str(rd))
+    dm.setup()
+    return rd, dm, rd / "model_1" / "checkpoints" / "last.ckpt"
+
+
+def test_missing_corrupt_or_foreign_reference_checkpoints_are_refused(tmp_path):
+    rd, dm, path = _done_run(tmp_path)
+    original = path.read_bytes()
+    path.write_bytes(b"garbage")
+    with pytest.raises(ConfigError, match=str(path)):
+        cached_signals(rd, 1, dm, "plain")
+    # a pickle that would run code is not loaded (weights_only=True)
+    torch.save({"hyper_parameters": {}, "state_dict": {}, "evil": argparse.Namespace(cmd="rm -rf ~")}, path)
+    with pytest.raises(ConfigError, match="weights_only"):
+        load_checkpoint(path)
+    path.unlink()
+    with pytest.raises(ConfigError, match="missing"):
+        cached_signals(rd, 1, dm, "plain")
+    path.write_bytes(original)
+    other = MembershipDataModule(num_references=2, seed=5, run_dir=None)
+    other.setup()
+    with pytest.raises(ConfigError, match="trained on plan"):
+        load_checkpoint(path, other.plan.fingerprint, 1)
+    with pytest.raises(ConfigError, match="as model 1"):
+        load_checkpoint(path, dm.plan.fingerprint, 2)
+
+
+@pytest.mark.parametrize("flag, value, key", [
+    ("--trainer.callbacks.queries", "[bogus]", "queries"),
+    ("--trainer.callbacks.attacks", "[lira]", "attacks"),
+    ("--trainer.callbacks.rmia_offline_a", "1.5", "rmia_offline_a"),
+    ("--trainer.callbacks.every_n_epochs", "0", "every_n_epochs"),
+])
+def test_bad_callback_values(tmp_path, capsys, flag, value, key):
+    assert fit(tmp_path / "r", flag, value) == 2
+    assert key in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_audit_latencies_on_an_ann_are_refused(tmp_path, capsys):
+    rd = tmp_path / "run"
+    assert fit(rd, "--data.num_references", "0", "--trainer.max_epochs", "1", "--model.kind", "ann") == 0
+    assert run.main(["audit", "--run_dir", str(rd), "--data.num_references", "0", "--model.kind", "ann",
+                     "--latencies", "[2]", *QUIET]) == 2
+    assert "ANN" in capsys.readouterr().err
