@@ -154,18 +154,30 @@ class AuditCLI(LightningCLI):
     # -- fit: references on demand, then the target ------------------------------------------
     def fit(self, model, datamodule, ckpt_path=None, **kwargs):
         run_dir = self._cfg.run_dir
-        datamodule.prepare_data()  # writes (or checks) the plan before anything trains
+        # The plan is written (or checked) once, by global rank 0, before anything trains
+        # (under `ddp` the other ranks start later, at the first trainer.fit; under SLURM or
+        # torchrun they start now and read it in setup(), after Lightning's prepare_data
+        # barrier: prepare_data_per_node=False keeps every other node from writing it too).
+        if self.trainer.global_rank == 0:
+            datamodule.prepare_data()
+        datamodule.prepare_data_per_node = False
         for cb in self.trainer.callbacks:
             if isinstance(cb, MembershipAttack):
                 cb.check()  # a bad audit setting fails now, not after the references trained
         if self._cfg.data.model_index is None:
             K = datamodule.num_references
             todo = [k for k in range(1, K + 1) if not (model_dir(run_dir, k) / "done.json").is_file()]
-            if K:
+            say = self.trainer.global_rank == 0  # under DDP every rank runs this loop; one prints
+            if K and say:
                 print(f"references: {K - len(todo)}/{K} finished; training {todo or 'none'}", file=sys.stderr)
             for n, k in enumerate(todo, 1):
-                print(f"[reference {n}/{len(todo)}] model_{k}", file=sys.stderr)
-                self._train(*self._reference(k), None)
+                if say:
+                    print(f"[reference {n}/{len(todo)}] model_{k}", file=sys.stderr)
+                trainer, reference, dm = self._reference(k)
+                # Same run, same plan: rank 0 hands over the one it checked (ddp_spawn trains in other
+                # processes, so this one's setup() never runs, and done.json needs the plan).
+                dm.plan, dm.prepare_data_per_node = datamodule.plan, False
+                self._train(trainer, reference, dm, None)
         self._train(self.trainer, model, datamodule, ckpt_path)
 
     def _reference(self, k: int):
@@ -210,11 +222,30 @@ class AuditCLI(LightningCLI):
 
     # -- audit, validate, test ---------------------------------------------------------------
     def audit(self, model, datamodule, **kwargs):
-        from callbacks.audit import run_audit
+        from callbacks.audit import AuditRun, check_audit, run_audit
 
-        datamodule.prepare_data()
-        datamodule.setup("audit")
-        run_audit(datamodule, device=self.trainer.strategy.root_device, **kwargs)
+        if self.trainer.global_rank == 0:
+            datamodule.prepare_data()  # the plan: written (or checked) once, read by every rank
+        if self.trainer.world_size == 1:
+            datamodule.setup("audit")
+            run_audit(datamodule, device=self.trainer.strategy.root_device, **kwargs)
+            return
+        # Distributed: a bad setting fails here, before any rank is launched; then Lightning
+        # launches the ranks at trainer.validate, each queries its shards, rank 0 reports.
+        check_audit(self._cfg.run_dir, datamodule.index, **kwargs)
+        from lightning.pytorch.cli import instantiate_class
+
+        trainer_kwargs = {}
+        for key, v in self._cfg.trainer.as_dict().items():
+            if key not in ("callbacks", "logger"):  # fresh objects (strategy, plugins, ...) as in _reference
+                trainer_kwargs[key] = instantiate_class((), v) if isinstance(v, dict) and "class_path" in v else v
+        # No loggers, callbacks or checkpoints: the audit writes run_dir/audit/ itself.
+        trainer_kwargs.update(default_root_dir=str(model_dir(self._cfg.run_dir, datamodule.index)), logger=False,
+                              callbacks=[], enable_checkpointing=False, enable_model_summary=False,
+                              limit_val_batches=None, fast_dev_run=False)
+        trainer = L.Trainer(**trainer_kwargs)
+        trainer.validate(AuditRun(datamodule, **kwargs), dataloaders=AuditRun.loader(trainer.world_size),
+                         verbose=False)
 
     def _evaluate(self, fn, model, datamodule, ckpt_path=None, **kwargs):
         if ckpt_path is None:

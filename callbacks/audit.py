@@ -1,17 +1,26 @@
 """`run.py audit`: attack finished checkpoints without training, over a grid of query
-strategies and (for SNNs) inference latencies T', with one report row per setting."""
+strategies and (for SNNs) inference latencies T', with one report row per setting.
+
+Under DDP (`--trainer.devices N --trainer.strategy ddp`, several nodes) `run.py audit`
+runs `run_audit` on every rank inside `trainer.validate` of `AuditRun`, so that
+Lightning launches and connects the ranks: each rank queries its shard of every
+missing (model, query, latency) signal set, rank 0 merges them (each sample once),
+writes the caches, runs the attack math and writes the report. Same numbers as one
+process, to float tolerance (a batch's composition can move a float by an ulp)."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+import lightning as L
 import torch
+from torch.utils.data import DataLoader
 
 from attacks import parse_query
 from datamodules.errors import ConfigError
 
-from .cache import cached_signals, checkpoint_path, finished_models, read_done, subset
+from .cache import Ranks, cached_signals, checkpoint_path, finished_models, read_done, subset
 from .membership_attack import setting_name
 from .report import table, write_report
 from .scoring import accuracies, check_attacks, evaluate, runnable, summary
@@ -25,18 +34,16 @@ def _history_from_checkpoint(run_dir, index: int) -> list:
         return []
 
 
-def run_audit(dm, *, queries=("plain",), latencies=None, attacks=None, query_seed: int = 0,
-              audit_subset: int | None = None, subset_seed: int = 0, device=None, progress: bool = True,
-              **score_kwargs) -> dict:
+def check_audit(run_dir, target_index: int, *, queries=("plain",), latencies=None, attacks=None, **_) -> tuple:
+    """Validate the audit settings against the finished target (ConfigError naming the key):
+    (query strategies, attack names, the target's done.json, its trained T or None)."""
     from .scoring import ATTACKS
 
-    run_dir = dm.run_dir
     try:
         strategies = [parse_query(q) for q in queries]
     except ValueError as err:
         raise ConfigError(f"queries={list(queries)!r}: {err}") from None
     names = check_attacks(attacks or ATTACKS)
-    target_index = dm.index
     done = read_done(run_dir, target_index)
     trained_T = done.get("T") if done.get("kind") == "snn" else None
     if latencies and trained_T is None:
@@ -44,11 +51,24 @@ def run_audit(dm, *, queries=("plain",), latencies=None, attacks=None, query_see
     for t in latencies or []:
         if not (isinstance(t, int) and t >= 1):
             raise ConfigError(f"latencies={list(latencies)!r} is not allowed; expected integers >= 1")
+    return strategies, names, done, trained_T
+
+
+def run_audit(dm, *, queries=("plain",), latencies=None, attacks=None, query_seed: int = 0,
+              audit_subset: int | None = None, subset_seed: int = 0, device=None, progress: bool = True,
+              ranks: Ranks | None = None, **score_kwargs) -> dict | None:
+    """The audit; returns the report. Under DDP (`ranks` sharded) every rank calls it with
+    the same settings; rank 0 writes and returns the report, the other ranks return None."""
+    ranks = ranks or Ranks()
+    run_dir = dm.run_dir
+    target_index = dm.index
+    strategies, names, done, trained_T = check_audit(run_dir, target_index, queries=queries, latencies=latencies,
+                                                     attacks=attacks)
     positions = dm.subset_positions(audit_subset, subset_seed)
     members = dm.membership[target_index]
     is_member = members if positions is None else members[positions]
     candidates = [k for k in range(1, dm.num_references + 1) if k != target_index]
-    refs = finished_models(run_dir, candidates)
+    refs = ranks.broadcast(finished_models(run_dir, candidates))  # every rank queries the same models
     ref_in = dm.membership[refs] if refs else None
     if ref_in is not None and positions is not None:
         ref_in = ref_in[:, positions]
@@ -58,7 +78,7 @@ def run_audit(dm, *, queries=("plain",), latencies=None, attacks=None, query_see
             if n in ok:
                 ok.remove(n)
                 skipped[n] = f"needs IN and OUT references for every sample; finished references: {refs}"
-    if skipped:
+    if skipped and ranks.is_zero:
         print("audit skips: " + "; ".join(f"{n} ({r})" for n, r in skipped.items()), file=sys.stderr)
 
     metrics, acc, stats = {}, None, {}
@@ -66,12 +86,17 @@ def run_audit(dm, *, queries=("plain",), latencies=None, attacks=None, query_see
         shown = None if latency in (None, trained_T) else latency
         for s in strategies:
             sig = lambda k: subset(cached_signals(run_dir, k, dm, s, seed=query_seed, T=latency, device=device,
-                                                  progress=progress, stats=stats), positions)
+                                                  progress=progress, stats=stats, ranks=ranks), positions)
             target = sig(target_index)
+            references = [sig(k) for k in refs]  # every rank, same order: the queries are collective
+            if not ranks.is_zero:
+                continue
             if acc is None or (s.name == "plain" and shown is None):
                 acc = accuracies(target, is_member)
-            result = evaluate(ok, target, [sig(k) for k in refs], ref_in, is_member, **score_kwargs)
+            result = evaluate(ok, target, references, ref_in, is_member, **score_kwargs)
             metrics.update({setting_name(n, s.name, shown): m for n, m in result.items()})
+    if not ranks.is_zero:
+        return None
     target_info = {"epoch": done.get("epochs", 0) - 1, "kind": done.get("kind"), "arch": done.get("arch"),
                    "T": trained_T, **acc}
     settings = {"plan": dm.plan.fingerprint, "references": refs, "queries": [s.name for s in strategies],
@@ -83,3 +108,36 @@ def run_audit(dm, *, queries=("plain",), latencies=None, attacks=None, query_see
                           settings=settings, title=f"{done.get('kind')} {done.get('arch')}")
     print("\n" + table(report) + f"\nreport: {Path(run_dir) / 'audit' / 'report.md'}", file=sys.stderr)
     return report
+
+
+class AuditRun(L.LightningModule):
+    """`run_audit` on every rank of a distributed trainer, as its validation epoch end:
+
+        trainer.validate(AuditRun(dm, queries=...), dataloaders=AuditRun.loader(trainer.world_size), verbose=False)
+
+    `trainer.validate` is what makes Lightning launch the ranks (`ddp` re-runs the command,
+    `ddp_spawn` spawns, SLURM / torchrun start them) and join the process group; the one
+    placeholder batch per rank only gets the loop to its end. Rank 0 must have written the
+    plan (`dm.prepare_data()`) before: the other ranks read it after a barrier."""
+
+    def __init__(self, datamodule, **audit_kwargs):
+        super().__init__()
+        self.dm = datamodule
+        self.audit_kwargs = audit_kwargs
+        self.report: dict | None = None
+
+    @staticmethod
+    def loader(world_size: int) -> DataLoader:
+        return DataLoader(list(range(max(1, int(world_size)))), batch_size=1)
+
+    def validation_step(self, batch, batch_idx):
+        return None
+
+    def on_validation_epoch_end(self) -> None:
+        ranks = Ranks.of(self.trainer)
+        ranks.barrier()  # rank 0 wrote the plan before validate: now every rank reads it
+        self.dm.setup("audit")
+        # As in one process: no inference mode (tensors made here outlive the loop), no autocast.
+        with torch.inference_mode(False), torch.enable_grad():
+            self.report = run_audit(self.dm, device=self.trainer.strategy.root_device, ranks=ranks,
+                                    **self.audit_kwargs)

@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader, DistributedSampler
 
 from attacks import parse_query, query_signals
 from datamodules.errors import ConfigError
@@ -103,19 +104,129 @@ def cache_key(strategy, T: int | None, seed: int) -> str:
     return f"{parse_query(strategy).name}__T{T if T is not None else 'ann'}__seed{seed}"
 
 
+# -- DDP: each rank queries its shard, rank 0 gathers and merges ---------------------------
+class Ranks:
+    """The processes that share one audit: the ranks of a Lightning strategy (DDP), or
+    this process alone (``Ranks()``). Collectives are no-ops for a single process."""
+
+    def __init__(self, strategy=None):
+        self.strategy = strategy
+        self.world_size = int(getattr(strategy, "world_size", 1) or 1) if strategy is not None else 1
+        self.rank = int(getattr(strategy, "global_rank", 0) or 0) if strategy is not None else 0
+        if self.world_size > 1 and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            raise RuntimeError(f"world size {self.world_size} but no torch.distributed process group: "
+                               "run the audit inside a Lightning entrypoint (fit, validate) so the ranks exist")
+
+    @classmethod
+    def of(cls, trainer) -> "Ranks":
+        return cls(getattr(trainer, "strategy", None))
+
+    @property
+    def sharded(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_zero(self) -> bool:
+        return self.rank == 0
+
+    def broadcast(self, obj):
+        """Rank 0's `obj` on every rank."""
+        return self.strategy.broadcast(obj, src=0) if self.sharded else obj
+
+    def barrier(self) -> None:
+        if self.sharded:
+            self.strategy.barrier()
+
+    def gather(self, obj) -> list | None:
+        """Every rank's `obj` in rank order, on rank 0; None on the others."""
+        if not self.sharded:
+            return [obj]
+        out = [None] * self.world_size if self.is_zero else None
+        torch.distributed.gather_object(obj, out, dst=0)
+        return out
+
+
+def shard_loader(loader: DataLoader, rank: int, world_size: int) -> DataLoader:
+    """`loader` restricted to this rank's shard: DistributedSampler without shuffling, which
+    pads the last shards by repeating samples from the start so that every rank has as many."""
+    sampler = DistributedSampler(loader.dataset, num_replicas=world_size, rank=rank, shuffle=False)
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers,
+                      collate_fn=loader.collate_fn, pin_memory=loader.pin_memory)
+
+
+def pack_shard(signals: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One rank's ``query_signals(..., allow_missing=True)`` result, cut down to the samples it
+    saw: ``index`` [n] (their positions, ascending) and every signal's last dimension at those."""
+    seen = signals["seen"]
+    out = {"index": seen.nonzero().squeeze(1)}
+    for key, value in signals.items():
+        if key != "seen":
+            out[key] = value[..., seen]
+    return out
+
+
+def merge_shards(shards: list[dict[str, torch.Tensor]], num_samples: int) -> dict[str, torch.Tensor]:
+    """The full signals [..., num_samples] from the ranks' packed shards (`pack_shard`), in sample
+    order, each sample taken exactly once: a sample that several ranks saw (DistributedSampler's
+    padding repeats samples) is taken from the lowest rank. A sample no rank saw is an error."""
+    if not shards:
+        raise ValueError("no shards to merge")
+    filled = torch.zeros(num_samples, dtype=torch.bool)
+    out: dict[str, torch.Tensor] = {}
+    for shard in shards:
+        index = shard["index"].cpu().long()
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= num_samples):
+            raise ValueError(f"shard holds sample indices outside [0, {num_samples - 1}]")
+        new = ~filled[index]
+        take, rows = index[new], new.nonzero().squeeze(1)
+        for key, value in shard.items():
+            if key == "index":
+                continue
+            value = value.cpu()
+            if key not in out:
+                fill = float("nan") if value.is_floating_point() else (False if value.dtype == torch.bool else -1)
+                out[key] = torch.full((*value.shape[:-1], num_samples), fill, dtype=value.dtype)
+            out[key][..., take] = value[..., rows]
+        filled[take] = True
+    if not bool(filled.all()):
+        missing = (~filled).nonzero().squeeze(1)
+        raise RuntimeError(f"{missing.numel()} of {num_samples} samples were queried by no rank "
+                           f"(first: {missing[:5].tolist()})")
+    return out
+
+
+def query_split(model, loader: DataLoader, strategy, *, seed: int = 0, device=None, progress: bool = False,
+                ranks: Ranks | None = None, keys=("rescaled_logit", "correct")) -> dict[str, torch.Tensor] | None:
+    """``query_signals`` over the whole of ``loader.dataset`` (only `keys`): in one process, or
+    sharded over `ranks` and merged on rank 0 (None on the other ranks)."""
+    n = len(loader.dataset)
+    if ranks is None or not ranks.sharded:
+        sig = query_signals(model, loader, strategy, seed=seed, num_samples=n, device=device, progress=progress)
+        return {k: sig[k] for k in keys}
+    sig = query_signals(model, shard_loader(loader, ranks.rank, ranks.world_size), strategy, seed=seed,
+                        num_samples=n, device=device, progress=progress and ranks.is_zero, allow_missing=True)
+    shards = ranks.gather(pack_shard({**{k: sig[k] for k in keys}, "seen": sig["seen"]}))
+    return merge_shards(shards, n) if ranks.is_zero else None
+
+
 def compute_signals(model, datamodule, strategy, *, seed: int = 0, T: int | None = None, device=None,
-                    progress: bool = False, audit_positions: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                    progress: bool = False, audit_positions: torch.Tensor | None = None,
+                    ranks: Ranks | None = None) -> dict[str, torch.Tensor] | None:
     """One pass over the audit set and one over the population, per query.
-    Returns {"audit/probability": [Q, N], ..., "population/correct": [Q, Z]}."""
+    Returns {"audit/probability": [Q, N], ..., "population/correct": [Q, Z]}; under DDP
+    (`ranks` sharded) every rank must call it, and only rank 0 gets the signals (else None)."""
     if T is not None and getattr(model, "T", None) is not None:
         model.T = T
     out = {}
     loaders = {"audit": datamodule.audit_dataloader(audit_positions), "population": datamodule.population_dataloader()}
     for split, loader in loaders.items():
-        sig = query_signals(model, loader, strategy, seed=seed, num_samples=len(loader.dataset), device=device,
-                            progress=progress)
+        sig = query_split(model, loader, strategy, seed=seed, device=device, progress=progress, ranks=ranks)
+        if sig is None:
+            continue
         out[f"{split}/rescaled_logit"] = sig["rescaled_logit"].float()
         out[f"{split}/correct"] = sig["correct"]
+    if ranks is not None and not ranks.is_zero:
+        return None
     return with_probability(out)
 
 
@@ -132,12 +243,17 @@ def stored(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def cached_signals(run_dir: str | Path, index: int, datamodule, strategy, *, seed: int = 0, T: int | None = None,
-                   device=None, progress: bool = False, stats: dict | None = None) -> dict[str, torch.Tensor]:
+                   device=None, progress: bool = False, stats: dict | None = None,
+                   ranks: Ranks | None = None) -> dict[str, torch.Tensor] | None:
     """Signals of the finished model `index` for `strategy` at latency T (None: as
-    trained), from the cache when it is valid, else computed and cached."""
+    trained), from the cache when it is valid, else computed and cached.
+
+    Under DDP every rank must call it: rank 0 decides whether the cache is valid and reads
+    it; on a miss every rank queries its shard and rank 0 writes the entry, once and
+    atomically. Rank 0 gets the signals, the other ranks None."""
+    ranks = ranks or Ranks()
     ckpt = checkpoint_path(run_dir, index)
     fingerprint = datamodule.plan.fingerprint
-    sha = file_sha256(ckpt) if ckpt.is_file() else None
     strategy = parse_query(strategy)
     directory = model_dir(run_dir, index) / "signals"
     done = read_done(run_dir, index)
@@ -145,25 +261,36 @@ def cached_signals(run_dir: str | Path, index: int, datamodule, strategy, *, see
     T = None if done.get("kind") == "ann" else (done.get("T") if T is None else T)
     key = cache_key(strategy, T, seed)
     data_path, meta_path = directory / f"{key}.pt", directory / f"{key}.json"
-    meta = {"checkpoint_sha256": sha, "plan": fingerprint, "strategy": strategy.name, "T": T, "seed": seed,
-            "audit_size": int(datamodule.membership.shape[1]), "population_size": int(len(datamodule.population_indices))}
-    if meta_path.is_file() and data_path.is_file():
-        try:
-            same = json.loads(meta_path.read_text()) == meta
-        except Exception:
-            same = False
-        if same:
+    tensors, error, meta = None, None, None
+    if ranks.is_zero:
+        sha = file_sha256(ckpt) if ckpt.is_file() else None
+        meta = {"checkpoint_sha256": sha, "plan": fingerprint, "strategy": strategy.name, "T": T, "seed": seed,
+                "audit_size": int(datamodule.membership.shape[1]),
+                "population_size": int(len(datamodule.population_indices))}
+        if meta_path.is_file() and data_path.is_file():
             try:
-                tensors = torch.load(data_path, map_location="cpu", weights_only=True)
-            except Exception as err:
-                raise ConfigError(f"signal cache {data_path} is corrupt ({_first_line(err)}); delete it to recompute") from None
-            if stats is not None:
-                stats["hits"] = stats.get("hits", 0) + 1
-            return with_probability(tensors)
+                same = json.loads(meta_path.read_text()) == meta
+            except Exception:
+                same = False
+            if same:
+                try:
+                    tensors = torch.load(data_path, map_location="cpu", weights_only=True)
+                except Exception as err:
+                    error = f"signal cache {data_path} is corrupt ({_first_line(err)}); delete it to recompute"
+    # Rank 0's decision holds for every rank (a rank must not query alone, nor skip a query).
+    hit, error = ranks.broadcast((tensors is not None, error))
+    if error:
+        raise ConfigError(error)
+    if hit:
+        if stats is not None:
+            stats["hits"] = stats.get("hits", 0) + 1
+        return with_probability(tensors) if ranks.is_zero else None
     model, _ = load_checkpoint(ckpt, fingerprint, index)
-    tensors = compute_signals(model, datamodule, strategy, seed=seed, T=T, device=device, progress=progress)
-    atomic_write(data_path, lambda p: torch.save(stored(tensors), p))
-    write_json(meta_path, meta)  # written last: its presence marks a complete entry
+    tensors = compute_signals(model, datamodule, strategy, seed=seed, T=T, device=device, progress=progress,
+                              ranks=ranks)
+    if ranks.is_zero:
+        atomic_write(data_path, lambda p: torch.save(stored(tensors), p))
+        write_json(meta_path, meta)  # written last: its presence marks a complete entry
     if stats is not None:
         stats["misses"] = stats.get("misses", 0) + 1
     return tensors
@@ -185,8 +312,8 @@ def finished_models(run_dir: str | Path, indices) -> list[int]:
     return [k for k in indices if (model_dir(run_dir, k) / "done.json").is_file()]
 
 
-def subset(tensors: dict[str, torch.Tensor], positions: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    """Restrict the audit part of cached signals to `positions`."""
-    if positions is None:
+def subset(tensors: dict[str, torch.Tensor] | None, positions: torch.Tensor | None) -> dict[str, torch.Tensor] | None:
+    """Restrict the audit part of cached signals to `positions` (None, a non-zero DDP rank's share, stays None)."""
+    if positions is None or tensors is None:
         return tensors
     return {k: (v[:, positions] if k.startswith("audit/") else v) for k, v in tensors.items()}

@@ -11,6 +11,12 @@ scores every configured attack and logs, against the epoch:
 (<name> carries "@<strategy>" for a non-plain query, e.g. rmia_offline@dropout_p0.01_n10).
 At the end of fit it writes run_dir/audit/report.{json,md} and roc.png, prints the
 table, and logs the ROC curves to W&B when a WandbLogger is attached.
+
+Under DDP (trainer.world_size > 1) every rank queries its shard of the audit set and
+of the population (DistributedSampler); rank 0 gathers the shards, keeps each sample
+exactly once (the sampler pads by repeating samples), runs the attack math, writes the
+signal caches and the report, and broadcasts the epoch's numbers, which every rank then
+logs alike (no collective inside logging; metrics can be monitored on any rank).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from attacks import parse_query
 from datamodules.errors import ConfigError, check_int
 
-from .cache import cached_signals, compute_signals, finished_models, subset
+from .cache import Ranks, cached_signals, compute_signals, finished_models, subset
 from .report import table, write_report
 from .scoring import ATTACKS, LOGGED, accuracies, check_attacks, evaluate, runnable, summary
 
@@ -118,13 +124,14 @@ class MembershipAttack(L.Callback):
             return  # references are trained plainly; only the target (model 0) is audited
         # Query bars follow Lightning's: none when its progress bar is off (logs, CI).
         self._bars = self.progress and trainer.progress_bar_callback is not None
-        if trainer.is_global_zero:
-            self._prepare(dm, pl_module)
+        self._prepare(dm, pl_module, Ranks.of(trainer))  # every rank: reference signals are queried sharded
 
-    def _prepare(self, dm, pl_module) -> None:
+    def _prepare(self, dm, pl_module, ranks: Ranks | None = None) -> None:
+        ranks = ranks or Ranks()
         self.positions = dm.subset_positions(self.audit_subset, self.subset_seed)
         self.is_member = dm.membership[0] if self.positions is None else dm.membership[0][self.positions]
-        self.refs = finished_models(dm.run_dir, range(1, dm.num_references + 1))
+        # Rank 0's view of which references finished: every rank must query the same models.
+        self.refs = ranks.broadcast(finished_models(dm.run_dir, range(1, dm.num_references + 1)))
         missing = sorted(set(range(1, dm.num_references + 1)) - set(self.refs))
         self.ref_in = dm.membership[self.refs] if self.refs else None
         if self.ref_in is not None and self.positions is not None:
@@ -146,7 +153,7 @@ class MembershipAttack(L.Callback):
             sigs = []
             for k in self.refs:
                 sig = cached_signals(dm.run_dir, k, dm, s, seed=self.query_seed, device=pl_module.device,
-                                     progress=self._bars, stats=self.cache_stats)
+                                     progress=self._bars, stats=self.cache_stats, ranks=ranks)
                 sigs.append(subset(sig, self.positions))
             self.ref_signals[s.name] = sigs
         self._ready = True
@@ -160,30 +167,38 @@ class MembershipAttack(L.Callback):
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not self._active(trainer) or not self._due(trainer):
             return
-        if not trainer.is_global_zero:
-            return
+        ranks = Ranks.of(trainer)  # every rank takes part: each queries its shard, rank 0 scores
         if not self._ready:
-            self._prepare(trainer.datamodule, pl_module)
-        entry, metrics = self.audit(trainer.datamodule, pl_module)
+            self._prepare(trainer.datamodule, pl_module, ranks)
+        entry, metrics = self.audit(trainer.datamodule, pl_module, ranks)
+        entry = ranks.broadcast(entry)  # rank 0's numbers, for every rank's history and logs
         entry = {"epoch": trainer.current_epoch, **entry}
         self.history = [h for h in self.history if h["epoch"] != entry["epoch"]] + [entry]
-        self.last_metrics = metrics
+        self.last_metrics = metrics  # with the ROC curves: rank 0 only (None elsewhere)
         logged = {f"audit/{k}": entry[k] for k in ("train_acc", "test_acc", "acc_gap")}
-        for name, m in metrics.items():
+        for name, m in entry["attacks"].items():
             logged.update({f"attack/{name}/{k}": float(m[k]) for k in LOGGED})
-        pl_module.log_dict(logged, on_epoch=True, rank_zero_only=True)
+        # Every rank logs rank 0's values (loggers write from rank 0 only); the sync is a max over
+        # equal values, exact, and keeps Lightning from asking for sync_dist on every key.
+        pl_module.log_dict(logged, on_epoch=True, sync_dist=ranks.sharded, reduce_fx="max")
 
-    def audit(self, dm, model) -> tuple[dict, dict]:
-        """One audit of `model` (the live target): (history entry, metrics with curves)."""
+    def audit(self, dm, model, ranks: Ranks | None = None) -> tuple[dict | None, dict | None]:
+        """One audit of `model` (the live target): (history entry, metrics with curves).
+        Under DDP every rank must call it; the other ranks than 0 get (None, None)."""
+        ranks = ranks or Ranks()
         metrics, acc = {}, None
         for s in self.strategies:
             target = compute_signals(model, dm, s, seed=self.query_seed, device=model.device, progress=self._bars,
-                                     audit_positions=self.positions)
+                                     audit_positions=self.positions, ranks=ranks)
+            if target is None:  # a rank other than 0: its shard is gathered on rank 0
+                continue
             if acc is None:
                 acc = accuracies(target, self.is_member)
             result = evaluate(self.runnable, target, self.ref_signals[s.name], self.ref_in, self.is_member,
                               **self.score_kwargs)
             metrics.update({setting_name(n, s.name): m for n, m in result.items()})
+        if not ranks.is_zero:
+            return None, None
         entry = {**acc, "attacks": {n: summary(m) for n, m in metrics.items()}}
         return entry, metrics
 

@@ -28,7 +28,7 @@ class MembershipDataModule(L.LightningDataModule):
         num_references: int = 4,
         model_index: int | None = None,
         seed: int = 0,
-        population: float | int | None = None,
+        population: int | float | None = None,
         audit_size: int | None = None,
         batch_size: int = 64,
         eval_batch_size: int = 256,
@@ -63,6 +63,8 @@ class MembershipDataModule(L.LightningDataModule):
         check_int("data.batch_size", batch_size, 1)
         check_int("data.eval_batch_size", eval_batch_size, 1)
         check_int("data.num_workers", num_workers, 0)
+        if isinstance(population, float) and population >= 1 and population.is_integer():
+            population = int(population)  # a count that a parser read as 1000.0
         self.save_hyperparameters()
         self.dataset = dataset
         self.root = root

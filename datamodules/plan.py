@@ -33,8 +33,10 @@ def resolve_population(population: float | int | None, pool_size: int) -> int:
     """None: about 1,000 samples where the pool allows (RMIA moves in steps of 1/Z), else 10%."""
     if population is None:
         z = 1000 if pool_size >= 10_000 else round(0.1 * pool_size)
-    elif isinstance(population, float) and not isinstance(population, bool) and 0.0 < population < 1.0:
+    elif isinstance(population, float) and 0.0 < population < 1.0:
         z = round(population * pool_size)
+    elif isinstance(population, float) and population >= 1 and population.is_integer():
+        z = int(population)  # 1000.0 from a YAML or CLI parser that read a float: a count
     elif isinstance(population, int) and not isinstance(population, bool) and population >= 1:
         z = population
     else:
