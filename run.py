@@ -99,6 +99,18 @@ def make_logger(spec: Any, run_dir: str | Path, index: int):
     return loggers if isinstance(spec, list) else loggers[0]
 
 
+def _check_resumable(path: Path, index: int) -> None:
+    """A checkpoint cut short by a kill mid-write ends in one line naming it, not a traceback."""
+    import torch
+
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ConfigError(f"checkpoint {path} cannot be resumed ({first}); delete it to retrain model_{index} "
+                          "from scratch") from None
+
+
 class AuditCLI(LightningCLI):
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -213,6 +225,7 @@ class AuditCLI(LightningCLI):
             if found:
                 ckpt_path = str(max(found, key=lambda p: p.stat().st_mtime_ns))
                 print(f"resuming model_{datamodule.index} from {ckpt_path}", file=sys.stderr)
+                _check_resumable(Path(ckpt_path), datamodule.index)
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         if trainer.state.status == TrainerStatus.FINISHED and trainer.is_global_zero and last.is_file():
             hp = model.hparams

@@ -198,3 +198,15 @@ def test_audit_latencies_on_an_ann_are_refused(tmp_path, capsys):
     assert run.main(["audit", "--run_dir", str(rd), "--data.num_references", "0", "--model.kind", "ann",
                      "--latencies", "[2]", *QUIET]) == 2
     assert "ANN" in capsys.readouterr().err
+
+
+def test_corrupt_last_checkpoint_stops_the_resume_with_one_line(tmp_path, capsys):
+    rd = tmp_path / "run"
+    flags = ["--data.num_references", "0", "--trainer.max_epochs", "2", "--model.kind", "ann"]
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        fit(rd, *flags, "--trainer.callbacks+=helpers.Interrupt", "--trainer.callbacks.epoch", "1")
+    last = rd / "model_0" / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])  # a write cut short
+    assert fit(rd, *flags) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert str(last) in err and "delete it" in err
