@@ -3,11 +3,12 @@
 signals.py  true-class probability and rescaled logit from logits
 queries.py  query strategies (plain, flip, input dropout) and their parser
 collect.py  run a model over a loader with a strategy -> logits / signals by sample index
+            (for an SNN, also per latency t from one pass: query_signals_by_latency)
 scores.py   Attack-P, Attack-R, LiRA, reference ratio;  rmia.py  RMIA
 metrics.py  exact ROC, AUC, TPR at low FPR;  plots.py  ROC and histogram PNGs
 """
 
-from .collect import query_logits, query_signals
+from .collect import query_logits, query_signals, query_signals_by_latency
 from .metrics import FPR_LEVELS, downsample_roc, roc_metrics
 from .plots import plot_roc, plot_score_histograms
 from .queries import Flip, InputDropout, Plain, QueryStrategy, flip, input_dropout, parse_query, plain
@@ -18,7 +19,7 @@ from .signals import rescaled_logit, true_class_probability
 __all__ = [
     "true_class_probability", "rescaled_logit",
     "QueryStrategy", "Plain", "Flip", "InputDropout", "plain", "flip", "input_dropout", "parse_query",
-    "query_logits", "query_signals",
+    "query_logits", "query_signals", "query_signals_by_latency",
     "attack_p", "attack_r", "rmia", "lira", "reference_ratio",
     "roc_metrics", "downsample_roc", "FPR_LEVELS",
     "plot_roc", "plot_score_histograms",

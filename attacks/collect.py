@@ -6,6 +6,10 @@ dropout feeds it); it must reset its state inside ``forward``. Loaders yield
 ``(x, y, index)`` with ``index`` the sample positions 0..N-1; a sample seen
 twice (DistributedSampler pads by repeating) is kept once, first seen wins.
 
+``query_signals_by_latency`` reads an SNN's readout at every step (``forward_steps``)
+once, at T = max(latencies), and gives the signals of its mean over the first t steps
+for every requested t (a direct-encoded SNN run for t steps gives the same logits).
+
 One pass over the loader, queries inside the batch loop, signals reduced per
 batch (the [Q, N, C] logits are never held by ``query_signals``), results kept
 on the device until the end: no host sync per batch.
@@ -37,8 +41,12 @@ def _unpack(batch):
     return batch[0], batch[1], batch[2]
 
 
-def _run(model, loader, strategy, seed, device, progress, reduce: Callable[[Tensor, Tensor], tuple]):
-    """The batch loop: (per-batch results of ``reduce(logits [Q, B, C], y)``, indices, labels)."""
+def _run(model, loader, strategy, seed, device, progress, reduce: Callable[[Tensor, Tensor], tuple],
+         steps: bool = False):
+    """The batch loop: (per-batch results of ``reduce(logits [Q, B, C], y)``, indices, labels).
+
+    With ``steps`` the model is queried through ``model.forward_steps`` and ``reduce``
+    gets the readout at every time step, [Q, T, B, C]."""
     strategy: QueryStrategy = parse_query(strategy)
     device = torch.device(device) if device is not None else _device_of(model)
     T = getattr(model, "T", None)
@@ -60,8 +68,12 @@ def _run(model, loader, strategy, seed, device, progress, reduce: Callable[[Tens
                 x, y, index = _unpack(batch)
                 x = x.to(device, non_blocking=True)
                 index = torch.as_tensor(index).to(device, non_blocking=True)
-                out = [model(strategy.apply(x, index, q, seed, T)) for q in range(strategy.num_queries)]
-                if out[0].ndim != 2 or out[0].shape[0] != x.shape[0]:
+                forward = model.forward_steps if steps else model
+                out = [forward(strategy.apply(x, index, q, seed, T)) for q in range(strategy.num_queries)]
+                if steps and (out[0].ndim != 3 or out[0].shape[:2] != (T, x.shape[0])):
+                    raise ValueError(f"forward_steps must return the readout [T, B, C] = [{T}, {x.shape[0]}, C], "
+                                     f"got shape {tuple(out[0].shape)}")
+                if not steps and (out[0].ndim != 2 or out[0].shape[0] != x.shape[0]):
                     raise ValueError(f"model must return logits [B, C] = [{x.shape[0]}, C], "
                                      f"got shape {tuple(out[0].shape)}")
                 y = torch.as_tensor(y).to(device, non_blocking=True).long()
@@ -119,15 +131,29 @@ def query_signals(model, loader, strategy, *, seed: int = 0, num_samples: int | 
     (one DDP rank sees only its shard) unseen samples hold NaN / False / -1 and
     a ``seen`` [N] bool mask is added, to merge after gathering the ranks.
     """
-    if not (isinstance(temperature, (int, float)) and 0 < temperature < float("inf")):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    _check_temperature(temperature)
 
     def reduce(logits: Tensor, y: Tensor):  # logits [Q, B, C], y [B]
-        y = y.expand(logits.shape[:-1])
-        return (_true_class_probability(logits, y, temperature), _rescaled_logit(logits, y), logits.argmax(-1) == y)
+        return _signals(logits, y, temperature)
 
     parts, index, labels = _run(model, loader, strategy, seed, device, progress, reduce)
     rows, seen = _sample_order(index, num_samples, allow_missing)
+    return _assemble(parts, rows, seen, labels, allow_missing)
+
+
+def _check_temperature(temperature) -> None:
+    if not (isinstance(temperature, (int, float)) and 0 < temperature < float("inf")):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+
+
+def _signals(logits: Tensor, y: Tensor, temperature: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(probability, rescaled logit, correct), each [Q, B], of logits [Q, B, C] and labels [B]."""
+    y = y.expand(logits.shape[:-1])
+    return (_true_class_probability(logits, y, temperature), _rescaled_logit(logits, y), logits.argmax(-1) == y)
+
+
+def _assemble(parts: list[tuple], rows: Tensor, seen: Tensor, labels: Tensor, allow_missing: bool) -> dict:
+    """``query_signals``' dict from the per-batch (probability, rescaled logit, correct) tuples."""
     out = {}
     for i, key in enumerate(("probability", "rescaled_logit", "correct")):
         vals = torch.cat([p[i] for p in parts], dim=1)
@@ -141,3 +167,54 @@ def query_signals(model, loader, strategy, *, seed: int = 0, num_samples: int | 
     if allow_missing:
         out["seen"] = seen.cpu()
     return out
+
+
+def check_latencies(latencies) -> list[int]:
+    """The distinct latencies in the given order; ValueError unless a non-empty list of ints >= 1."""
+    try:
+        values = list(latencies)
+    except TypeError:
+        values = None
+    if not values or any(isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in values):
+        raise ValueError(f"latencies must be a non-empty list of ints >= 1, got {latencies!r}")
+    return list(dict.fromkeys(values))
+
+
+def query_signals_by_latency(model, loader, strategy, latencies, *, seed: int = 0, num_samples: int | None = None,
+                             device=None, progress: bool = False, allow_missing: bool = False,
+                             temperature: float = 1.0) -> dict[int, dict]:
+    """``query_signals`` of an SNN's readout averaged over its first t steps, for every t in
+    ``latencies``, from ONE pass over the loader: {t: the dict ``query_signals`` returns}.
+
+    The model runs at T = max(latencies) (``model.T`` is set for the pass and restored
+    afterwards), queried through ``model.forward_steps`` ([T, B, C]); the logits at t are
+    the mean of its first t steps, ``steps[:t].mean(0)``, which at t = T is exactly what
+    ``model(x)`` returns. Query inputs are built for T steps; a per-time-step mask at step
+    t does not depend on T, so the first t steps see what a t-step query sees.
+
+    This equals ``query_signals`` of the model run with ``model.T = t`` when the model is
+    causal over time and its input for t steps is the prefix of its input for T steps:
+    an SNN with direct encoding whose state is reset in ``forward_steps``. For
+    stochastic (e.g. Poisson) encodings the spike trains of a t-step run need not be the
+    prefix of a T-step run's; then this is the T-step run read out early, not a t-step run.
+    Requires ``model.forward_steps`` and an int ``model.T`` (an SNN); ValueError otherwise.
+    """
+    _check_temperature(temperature)
+    latencies = check_latencies(latencies)
+    if not callable(getattr(model, "forward_steps", None)) or isinstance(getattr(model, "T", None), bool) \
+            or not isinstance(getattr(model, "T", None), int):
+        raise ValueError("query_signals_by_latency needs an SNN: a model with forward_steps(x) -> [T, B, C] and "
+                         f"an int T; got {type(model).__name__} with T={getattr(model, 'T', None)!r}")
+
+    def reduce(steps: Tensor, y: Tensor):  # steps [Q, T, B, C], y [B]
+        # Per query, the same op as the model's forward (steps.mean(0)), so that t = T is bit-identical.
+        return tuple(_signals(torch.stack([s[:t].mean(0) for s in steps]), y, temperature) for t in latencies)
+
+    trained_T = model.T
+    model.T = max(latencies)
+    try:
+        parts, index, labels = _run(model, loader, strategy, seed, device, progress, reduce, steps=True)
+    finally:
+        model.T = trained_T
+    rows, seen = _sample_order(index, num_samples, allow_missing)
+    return {t: _assemble([p[i] for p in parts], rows, seen, labels, allow_missing) for i, t in enumerate(latencies)}

@@ -6,7 +6,14 @@ runs `run_audit` on every rank inside `trainer.validate` of `AuditRun`, so that
 Lightning launches and connects the ranks: each rank queries its shard of every
 missing (model, query, latency) signal set, rank 0 merges them (each sample once),
 writes the caches, runs the attack math and writes the report. Same numbers as one
-process, to float tolerance (a batch's composition can move a float by an ulp)."""
+process, to float tolerance (a batch's composition can move a float by an ulp).
+
+Latencies (`--latencies '[1, 2, 4]'`): a direct-encoded SNN is run once per model and
+query strategy, at the largest latency not yet cached, and read out after t steps for
+each t (`cache.cached_signals_by_latency`); a Poisson-encoded one runs once per latency.
+Report rows are `<attack>[@<query>],T<t>` for t != the trained T, the plain name at the
+trained T. With two or more latencies, report.json gets `latency`: {attack setting:
+{t, auc, tpr@0.1%fpr}} and audit/latency.png plots both against t."""
 
 from __future__ import annotations
 
@@ -20,9 +27,9 @@ from torch.utils.data import DataLoader
 from attacks import parse_query
 from datamodules.errors import ConfigError
 
-from .cache import Ranks, cached_signals, checkpoint_path, finished_models, read_done, subset
+from .cache import Ranks, cached_signals_by_latency, checkpoint_path, finished_models, read_done, subset
 from .membership_attack import setting_name
-from .report import table, write_report
+from .report import LATENCY_METRICS, table, write_report
 from .scoring import accuracies, check_attacks, evaluate, runnable, summary
 
 
@@ -81,22 +88,40 @@ def run_audit(dm, *, queries=("plain",), latencies=None, attacks=None, query_see
     if skipped and ranks.is_zero:
         print("audit skips: " + "; ".join(f"{n} ({r})" for n, r in skipped.items()), file=sys.stderr)
 
-    metrics, acc, stats = {}, None, {}
-    for latency in latencies or [None]:
-        shown = None if latency in (None, trained_T) else latency
-        for s in strategies:
-            sig = lambda k: subset(cached_signals(run_dir, k, dm, s, seed=query_seed, T=latency, device=device,
-                                                  progress=progress, stats=stats, ranks=ranks), positions)
-            target = sig(target_index)
-            references = [sig(k) for k in refs]  # every rank, same order: the queries are collective
-            if not ranks.is_zero:
-                continue
-            if acc is None or (s.name == "plain" and shown is None):
-                acc = accuracies(target, is_member)
-            result = evaluate(ok, target, references, ref_in, is_member, **score_kwargs)
-            metrics.update({setting_name(n, s.name, shown): m for n, m in result.items()})
+    # Per strategy, each model's signals at every latency at once: a direct-encoded SNN is
+    # run once, at the largest missing latency, and read out after each t steps.
+    lats = list(dict.fromkeys(latencies or [None]))
+    results, stats = {}, {}
+    for s in strategies:
+        sig = lambda k: cached_signals_by_latency(run_dir, k, dm, s, lats, seed=query_seed, device=device,
+                                                  progress=progress, stats=stats, ranks=ranks)
+        target = sig(target_index)
+        references = [sig(k) for k in refs]  # every rank, same order: the queries are collective
+        if not ranks.is_zero:
+            continue
+        for latency in lats:
+            t_target = subset(target[latency], positions)
+            t_refs = [subset(r[latency], positions) for r in references]
+            results[latency, s.name] = (t_target, evaluate(ok, t_target, t_refs, ref_in, is_member, **score_kwargs))
     if not ranks.is_zero:
         return None
+    metrics, acc, series = {}, None, {}
+    for latency in lats:  # report rows latency-major, as one run per latency listed them
+        shown = None if latency in (None, trained_T) else latency
+        for s in strategies:
+            target, result = results[latency, s.name]
+            if acc is None or (s.name == "plain" and shown is None):
+                acc = accuracies(target, is_member)
+            metrics.update({setting_name(n, s.name, shown): m for n, m in result.items()})
+            t = trained_T if latency is None else latency
+            for n, m in result.items():
+                series.setdefault(setting_name(n, s.name), []).append((t, m))
+    latency_series = {}
+    if len({trained_T if lat is None else lat for lat in lats}) >= 2:
+        for name, points in series.items():
+            points.sort(key=lambda p: p[0])
+            latency_series[name] = {"t": [t for t, _ in points],
+                                    **{k: [float(m[k]) for _, m in points] for k in LATENCY_METRICS}}
     target_info = {"epoch": done.get("epochs", 0) - 1, "kind": done.get("kind"), "arch": done.get("arch"),
                    "T": trained_T, **acc}
     settings = {"plan": dm.plan.fingerprint, "references": refs, "queries": [s.name for s in strategies],
@@ -105,7 +130,8 @@ def run_audit(dm, *, queries=("plain",), latencies=None, attacks=None, query_see
                 "signal_cache": stats, **score_kwargs}
     report = write_report(Path(run_dir) / "audit", metrics, target=target_info,
                           history=_history_from_checkpoint(run_dir, target_index), skipped=skipped,
-                          settings=settings, title=f"{done.get('kind')} {done.get('arch')}")
+                          settings=settings, title=f"{done.get('kind')} {done.get('arch')}",
+                          latency=latency_series or None)
     print("\n" + table(report) + f"\nreport: {Path(run_dir) / 'audit' / 'report.md'}", file=sys.stderr)
     return report
 

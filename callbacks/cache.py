@@ -11,6 +11,11 @@ per query and sample. The true-class probability is sigmoid(phi) (phi = log p -
 log(1 - p)), recovered in float64 on load: storing p itself in float32 would round
 every p > 1 - 6e-8 to 1.0 and tie the most confident samples. That is 9 MB per
 model at N = 60,000, Q = 30, so a K = 64 study holds about 0.6 GB of attack inputs.
+
+Latencies: a direct-encoded SNN's entries for several latencies t are filled from one
+run at T = max(t) read out after t steps (`cached_signals_by_latency`), each under its
+own key. They equal a t-step run's to float rounding, not bit for bit: a batch of T
+steps goes through the convolutions in a different shape than one of t steps.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from attacks import parse_query, query_signals
+from attacks import parse_query, query_signals, query_signals_by_latency
 from datamodules.errors import ConfigError
 from lightning_modules import Classifier
 
@@ -251,49 +256,142 @@ def cached_signals(run_dir: str | Path, index: int, datamodule, strategy, *, see
     Under DDP every rank must call it: rank 0 decides whether the cache is valid and reads
     it; on a miss every rank queries its shard and rank 0 writes the entry, once and
     atomically. Rank 0 gets the signals, the other ranks None."""
+    out = cached_signals_by_latency(run_dir, index, datamodule, strategy, [T], seed=seed, device=device,
+                                    progress=progress, stats=stats, ranks=ranks)
+    return None if out is None else out[T]
+
+
+def one_pass_latencies(model) -> bool:
+    """Whether the signals at several latencies t may come from one run at T = max(t), read
+    out early: an SNN with direct encoding, whose steps are causal and whose input for t
+    steps (the image, or per-time-step query masks, which depend on the step, not on T) is
+    the prefix of its input for T steps; its state is reset in every forward_steps.
+
+    Not with Poisson encoding: the spike trains come from a generator seeded per forward,
+    and only a generator that fills a tensor in order makes the first t steps of a T-step
+    draw those of a t-step draw. The CPU's does (checked here); CUDA's Philox assigns its
+    numbers by thread layout, which depends on the tensor's size. A cache entry must not
+    depend on the device or on which other latencies were asked for, so Poisson SNNs run
+    once per latency."""
+    return getattr(model, "T", None) is not None and getattr(model, "encoding", None) == "direct" \
+        and callable(getattr(model, "forward_steps", None))
+
+
+def query_split_by_latency(model, loader: DataLoader, strategy, latencies, *, seed: int = 0, device=None,
+                           progress: bool = False, ranks: Ranks | None = None,
+                           keys=("rescaled_logit", "correct")) -> dict[int, dict[str, torch.Tensor]] | None:
+    """``query_signals_by_latency`` over the whole of ``loader.dataset`` (only `keys`), as
+    ``query_split``: {t: signals}, in one process or sharded over `ranks` (one gather for
+    every t) and merged on rank 0 (None on the other ranks)."""
+    n = len(loader.dataset)
+    if ranks is None or not ranks.sharded:
+        sig = query_signals_by_latency(model, loader, strategy, latencies, seed=seed, num_samples=n, device=device,
+                                       progress=progress)
+        return {t: {k: s[k] for k in keys} for t, s in sig.items()}
+    sig = query_signals_by_latency(model, shard_loader(loader, ranks.rank, ranks.world_size), strategy, latencies,
+                                   seed=seed, num_samples=n, device=device, progress=progress and ranks.is_zero,
+                                   allow_missing=True)
+    shards = ranks.gather({t: pack_shard({**{k: s[k] for k in keys}, "seen": s["seen"]}) for t, s in sig.items()})
+    return {t: merge_shards([shard[t] for shard in shards], n) for t in sig} if ranks.is_zero else None
+
+
+def compute_signals_by_latency(model, datamodule, strategy, latencies, *, seed: int = 0, device=None,
+                               progress: bool = False, audit_positions: torch.Tensor | None = None,
+                               ranks: Ranks | None = None) -> dict[int, dict[str, torch.Tensor]] | None:
+    """``compute_signals`` at every latency t in `latencies` from one pass over the audit set
+    and one over the population, the SNN run at T = max(latencies) and read out after t
+    steps (see `one_pass_latencies` for when that equals a t-step run). {t: signals} on
+    rank 0, None on the other ranks; under DDP every rank must call it."""
+    out: dict[int, dict[str, torch.Tensor]] = {}
+    loaders = {"audit": datamodule.audit_dataloader(audit_positions), "population": datamodule.population_dataloader()}
+    for split, loader in loaders.items():
+        sig = query_split_by_latency(model, loader, strategy, latencies, seed=seed, device=device, progress=progress,
+                                     ranks=ranks)
+        if sig is None:
+            continue
+        for t, s in sig.items():
+            out.setdefault(t, {})[f"{split}/rescaled_logit"] = s["rescaled_logit"].float()
+            out[t][f"{split}/correct"] = s["correct"]
+    if ranks is not None and not ranks.is_zero:
+        return None
+    return {t: with_probability(tensors) for t, tensors in out.items()}
+
+
+def cached_signals_by_latency(run_dir: str | Path, index: int, datamodule, strategy, latencies=(None,), *,
+                              seed: int = 0, device=None, progress: bool = False, stats: dict | None = None,
+                              ranks: Ranks | None = None) -> dict[int | None, dict[str, torch.Tensor]] | None:
+    """`cached_signals` at several latencies: {latency: signals} for each of `latencies`
+    (None: as trained; an ANN has no latency and gets its one entry under every key).
+
+    Every latency keeps its own cache entry (``cache_key(strategy, t, seed)``), so a later
+    request for one of them hits. The missing entries of a direct-encoded SNN are computed
+    from ONE run at T = max(missing latencies), read out after each t steps
+    (`compute_signals_by_latency`); a Poisson-encoded SNN, or a single missing entry, runs
+    once per latency (`compute_signals`). Under DDP every rank must call it with the same
+    arguments: rank 0 checks and reads the caches, every rank queries its shard of what is
+    missing, rank 0 merges and writes. Rank 0 gets the signals, the other ranks None.
+    `stats` counts one hit or miss per (model, latency) entry."""
     ranks = ranks or Ranks()
     ckpt = checkpoint_path(run_dir, index)
     fingerprint = datamodule.plan.fingerprint
     strategy = parse_query(strategy)
     directory = model_dir(run_dir, index) / "signals"
     done = read_done(run_dir, index)
+    latencies = list(dict.fromkeys(latencies)) or [None]
     # The latency is part of the key: an ANN has none, an SNN runs at T (None: as trained).
-    T = None if done.get("kind") == "ann" else (done.get("T") if T is None else T)
-    key = cache_key(strategy, T, seed)
-    data_path, meta_path = directory / f"{key}.pt", directory / f"{key}.json"
-    tensors, error, meta = None, None, None
+    effective = {lat: None if done.get("kind") == "ann" else (done.get("T") if lat is None else lat) for lat in latencies}
+    Ts = list(dict.fromkeys(effective.values()))
+    paths = {T: (directory / f"{cache_key(strategy, T, seed)}.pt", directory / f"{cache_key(strategy, T, seed)}.json")
+             for T in Ts}
+    found: dict[int | None, dict[str, torch.Tensor]] = {}
+    metas: dict[int | None, dict] = {}
+    error = None
     if ranks.is_zero:
         sha = file_sha256(ckpt) if ckpt.is_file() else None
-        meta = {"checkpoint_sha256": sha, "plan": fingerprint, "strategy": strategy.name, "T": T, "seed": seed,
-                "audit_size": int(datamodule.membership.shape[1]),
-                "population_size": int(len(datamodule.population_indices))}
-        if meta_path.is_file() and data_path.is_file():
+        for T in Ts:
+            data_path, meta_path = paths[T]
+            metas[T] = meta = {"checkpoint_sha256": sha, "plan": fingerprint, "strategy": strategy.name, "T": T,
+                               "seed": seed, "audit_size": int(datamodule.membership.shape[1]),
+                               "population_size": int(len(datamodule.population_indices))}
+            if not (meta_path.is_file() and data_path.is_file()):
+                continue
             try:
                 same = json.loads(meta_path.read_text()) == meta
             except Exception:
                 same = False
             if same:
                 try:
-                    tensors = torch.load(data_path, map_location="cpu", weights_only=True)
+                    found[T] = torch.load(data_path, map_location="cpu", weights_only=True)
                 except Exception as err:
                     error = f"signal cache {data_path} is corrupt ({_first_line(err)}); delete it to recompute"
+                    break
     # Rank 0's decision holds for every rank (a rank must not query alone, nor skip a query).
-    hit, error = ranks.broadcast((tensors is not None, error))
+    hits, error = ranks.broadcast(([T for T in Ts if T in found], error))
     if error:
         raise ConfigError(error)
-    if hit:
+    if stats is not None and hits:
+        stats["hits"] = stats.get("hits", 0) + len(hits)
+    found = {T: with_probability(tensors) for T, tensors in found.items()}
+    missing = [T for T in Ts if T not in hits]
+    if missing:
+        model, _ = load_checkpoint(ckpt, fingerprint, index)
+        if len(missing) > 1 and one_pass_latencies(model):
+            computed = compute_signals_by_latency(model, datamodule, strategy, missing, seed=seed, device=device,
+                                                  progress=progress, ranks=ranks)
+        else:
+            computed = {T: compute_signals(model, datamodule, strategy, seed=seed, T=T, device=device,
+                                           progress=progress, ranks=ranks) for T in missing}
+        if ranks.is_zero:
+            for T in missing:
+                data_path, meta_path = paths[T]
+                atomic_write(data_path, lambda p, t=computed[T]: torch.save(stored(t), p))
+                write_json(meta_path, metas[T])  # written last: its presence marks a complete entry
+            found.update(computed)
         if stats is not None:
-            stats["hits"] = stats.get("hits", 0) + 1
-        return with_probability(tensors) if ranks.is_zero else None
-    model, _ = load_checkpoint(ckpt, fingerprint, index)
-    tensors = compute_signals(model, datamodule, strategy, seed=seed, T=T, device=device, progress=progress,
-                              ranks=ranks)
-    if ranks.is_zero:
-        atomic_write(data_path, lambda p: torch.save(stored(tensors), p))
-        write_json(meta_path, meta)  # written last: its presence marks a complete entry
-    if stats is not None:
-        stats["misses"] = stats.get("misses", 0) + 1
-    return tensors
+            stats["misses"] = stats.get("misses", 0) + len(missing)
+    if not ranks.is_zero:
+        return None
+    return {lat: found[T] for lat, T in effective.items()}
 
 
 def read_done(run_dir: str | Path, index: int) -> dict:

@@ -7,6 +7,8 @@ report.json:
   curves    {name: {fpr: [...], tpr: [...]}}  ROC curves, at most ~1,000 points each
   skipped   {name: reason}
   settings  the plan fingerprint, queries, references, ...
+  latency   {setting: {t: [...], auc: [...], tpr@0.1%fpr: [...]}}  only when an audit covered 2+ SNN
+            latencies; the setting is the attack name without its T part. Plotted in latency.png.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from attacks import downsample_roc, plot_roc
 from .cache import atomic_write
 from .scoring import summary
 
+LATENCY_METRICS = ("auc", "tpr@0.1%fpr")
 COLUMNS = (("auc", "AUC"), ("tpr@1%fpr", "TPR@1%FPR"), ("tpr@0.1%fpr", "TPR@0.1%FPR"), ("tpr@0%fpr", "TPR@0%FPR"))
 
 
@@ -48,13 +51,20 @@ def markdown(report: dict) -> str:
     if settings:
         lines += ["", "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items() if not isinstance(v, dict)) + "."]
     lines += ["", "ROC curves: roc.png (linear and log-log axes). Numbers: report.json.", ""]
+    if report.get("latency"):
+        ts = sorted({t for v in report["latency"].values() for t in v["t"]})
+        lines[-1:] = ["", f"Leakage against latency t = {', '.join(map(str, ts))} (the SNN's readout averaged over "
+                      "its first t steps): latency.png (AUC and TPR@0.1%FPR against t), report.json `latency`.", ""]
     return "\n".join(lines)
 
 
 def write_report(audit_dir: str | Path, metrics: dict[str, dict], *, target: dict | None = None,
                  history: list | None = None, skipped: dict | None = None, settings: dict | None = None,
-                 title: str | None = None) -> dict:
-    """Write report.json, report.md and roc.png; returns the report dict."""
+                 title: str | None = None, latency: dict[str, dict] | None = None) -> dict:
+    """Write report.json, report.md and roc.png; returns the report dict. With `latency`
+    ({setting: {"t": [...], "auc": [...], "tpr@0.1%fpr": [...]}}) also latency.png and the
+    report's `latency` key; without it a latency.png of an earlier audit is removed, so
+    that the directory never shows a plot its report.json does not hold."""
     audit_dir = Path(audit_dir)
     report = {
         "attacks": {name: summary(m) for name, m in metrics.items()},
@@ -64,11 +74,52 @@ def write_report(audit_dir: str | Path, metrics: dict[str, dict], *, target: dic
         "settings": settings or {},
         "curves": curves_of(metrics),
     }
+    if latency:
+        report["latency"] = latency
     atomic_write(audit_dir / "report.json", lambda p: p.write_text(json.dumps(report, indent=1) + "\n"))
     atomic_write(audit_dir / "report.md", lambda p: p.write_text(markdown(report)))
     if metrics:
         atomic_write(audit_dir / "roc.png", lambda p: _plot(metrics, p, title))
+    if latency:
+        atomic_write(audit_dir / "latency.png", lambda p: plot_latency(latency, p, title))
+    else:
+        (audit_dir / "latency.png").unlink(missing_ok=True)
     return report
+
+
+def plot_latency(series: dict[str, dict], path: Path, title: str | None = None) -> None:
+    """Two panels, AUC and TPR@0.1%FPR against the latency t, one line per attack setting:
+    a colour per attack, a line style per query strategy, the legend beside the panels.
+    Matplotlib's object API on the Agg canvas (no pyplot state); PNG whatever the suffix."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12.5, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(LATENCY_METRICS), squeeze=False)[0]
+    ts = sorted({t for v in series.values() for t in v["t"]})
+    attacks = list(dict.fromkeys(name.split("@")[0] for name in series))
+    queries = list(dict.fromkeys(name.partition("@")[2] for name in series))
+    colors = [f"C{i % 10}" for i in range(len(attacks))]
+    styles = ["-", "--", ":", "-."]
+    markers = ["o", "s", "^", "D", "v", "x"]
+    for ax, key in zip(axes, LATENCY_METRICS):
+        for name, v in series.items():
+            a, q = attacks.index(name.split("@")[0]), queries.index(name.partition("@")[2])
+            ax.plot(v["t"], v[key], color=colors[a], ls=styles[q % len(styles)], marker=markers[q % len(markers)],
+                    label=name)
+        if key == "auc":
+            ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+        else:
+            ax.axhline(0.001, color="grey", lw=0.8, ls="--")  # chance: TPR = FPR
+        ax.set_xticks(ts)
+        ax.set_xlabel("latency t (readout averaged over the first t steps)")
+        ax.set_ylabel({"auc": "attack AUC", "tpr@0.1%fpr": "TPR at 0.1% FPR"}[key])
+        ax.grid(alpha=0.3)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=120, format="png")
 
 
 def _plot(metrics, tmp_path: Path, title) -> None:
