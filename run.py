@@ -32,6 +32,7 @@ from callbacks import ATTACKS, MembershipAttack
 from callbacks.cache import file_sha256, model_dir, write_json
 from datamodules import ConfigError, MembershipDataModule
 from lightning_modules import Classifier
+from lightning_modules.networks import keep_large_tensors_in_heap
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_CONFIG = ROOT / "configs" / "default.yaml"
@@ -297,6 +298,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> AuditCLI:
 
 def main(args: list[str] | None = None) -> int:
     argv = sys.argv[1:] if args is None else list(args)
+    keep_large_tensors_in_heap()  # CPU: reuse freed 32 MiB+ activations (lightning_modules/networks.py)
     if argv[:1] == ["submit"]:  # SLURM scripts for the same config (docs/cluster.md); not a Trainer method
         from cluster.slurm import submit_main
 

@@ -30,6 +30,7 @@ import run
 from callbacks import MembershipAttack
 from datamodules import MembershipDataModule
 from lightning_modules import Classifier
+from lightning_modules.networks import keep_large_tensors_in_heap
 
 SETTINGS = {
     # name: (data kwargs, model kwargs)
@@ -75,6 +76,7 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--n", type=int, default=10, help="input-dropout masks")
     args = ap.parse_args(argv)
+    keep_large_tensors_in_heap()  # as run.py does
     dropout = f"dropout:p=0.01,n={args.n}"
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, rounds {args.rounds}")
     print(f"{'setting':<14} {'query':<22} {'N':>6} {'Z':>5} {'floor s':>8} {'audit s':>8} {'ratio':>6} {'goal':>6} ok  "

@@ -9,10 +9,12 @@ the logits are the readout averaged over the T steps, and `forward_steps` gives 
 
 from __future__ import annotations
 
+import itertools
+
 import lightning as L
 import torch
 import torch.nn.functional as F
-from spikingjelly.activation_based import functional
+from spikingjelly.activation_based import functional, layer
 from torchmetrics.classification import MulticlassAccuracy
 
 from datamodules.errors import ConfigError, check_choice, check_int
@@ -105,7 +107,37 @@ class Classifier(L.LightningModule):
         if self.kind != "snn":
             raise RuntimeError("forward_steps is for SNNs; this model is an ANN")
         functional.reset_net(self.net)  # no membrane potential may leak from the last query
+        if self.encoding == "direct" and x.dim() == len(self.input_shape) + 1 and self._opens_with_conv_bn():
+            out = self._stem_once(x)
+            for module in itertools.islice(self.net, 2, None):  # not net[2:]: that builds a Sequential per call
+                out = module(out)
+            return out
         return self.net(self.encode(x))
+
+    def _opens_with_conv_bn(self) -> bool:
+        # Every architecture opens with conv, BN (networks._conv_bn); _stem_once relies on it.
+        return isinstance(self.net[0], layer.Conv2d) and isinstance(self.net[1], layer.BatchNorm2d)
+
+    def _stem_once(self, x: torch.Tensor) -> torch.Tensor:
+        """The stem (conv, BN) of a directly encoded image, computed on [1, B, ...] and
+        expanded to [T, B, ...]: all T steps see the same image, so conv and BN outputs
+        (and BN's batch statistics) are those of the T-fold copy, at 1/T of the cost.
+        Backward sums the T steps' gradients through the expand, as through the copies."""
+        conv, bn = self.net[0], self.net[1]
+        fix_var = bn.training and bn.track_running_stats and self.T > 1
+        var_before = bn.running_var.clone() if fix_var else None
+        out = bn(conv(self.normalize(x).unsqueeze(0)))
+        if fix_var:
+            # BN updates running_var with the unbiased variance var * n/(n-1), n = B*H*W
+            # here but T*B*H*W over the T copies: rescale the update's new part by
+            # T(n-1)/(Tn-1) so that the running statistics match too.
+            n = out[0].numel() // out.shape[2]
+            f = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+            # .data: BN's autograd node holds running_var (unread in training mode), so
+            # an in-place write through the tracked tensor would fail its version check.
+            var = bn.running_var.data
+            var.copy_((1 - f) * var_before + (var - (1 - f) * var_before) * (self.T * (n - 1) / (self.T * n - 1)))
+        return out.expand(self.T, *out.shape[1:])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "ann":
@@ -118,7 +150,8 @@ class Classifier(L.LightningModule):
         logits = self(x)
         loss = F.cross_entropy(logits, y)
         acc(logits, y)
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(y))
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(y),
+                 sync_dist=True)
         self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         return loss
 
