@@ -79,12 +79,7 @@ def run_audit(dm, *, queries=("plain",), latencies=None, attacks=None, query_see
     ref_in = dm.membership[refs] if refs else None
     if ref_in is not None and positions is not None:
         ref_in = ref_in[:, positions]
-    ok, skipped = runnable(names, len(refs))
-    if ref_in is not None and not (ref_in.any(0).all() and (~ref_in).any(0).all()):
-        for n in ("rmia_online", "lira_online"):
-            if n in ok:
-                ok.remove(n)
-                skipped[n] = f"needs IN and OUT references for every sample; finished references: {refs}"
+    ok, skipped = runnable(names, ref_in, refs)
     if skipped and ranks.is_zero:
         print("audit skips: " + "; ".join(f"{n} ({r})" for n, r in skipped.items()), file=sys.stderr)
 

@@ -136,13 +136,7 @@ class MembershipAttack(L.Callback):
         self.ref_in = dm.membership[self.refs] if self.refs else None
         if self.ref_in is not None and self.positions is not None:
             self.ref_in = self.ref_in[:, self.positions]
-        self.runnable, skipped = runnable(self.attacks, len(self.refs))
-        if self.ref_in is not None:  # online attacks need an IN and an OUT reference per sample
-            if not (self.ref_in.any(0).all() and (~self.ref_in).any(0).all()):
-                for n in ("rmia_online", "lira_online"):
-                    if n in self.runnable:
-                        self.runnable.remove(n)
-                        skipped[n] = f"needs IN and OUT references for every sample; finished references: {self.refs}"
+        self.runnable, skipped = runnable(self.attacks, self.ref_in, self.refs)
         self.skipped = skipped
         if skipped:
             why = "; ".join(f"{n}: {r}" for n, r in skipped.items())

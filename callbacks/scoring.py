@@ -22,14 +22,17 @@ def check_attacks(names) -> list[str]:
     return names
 
 
-def runnable(names, num_references: int) -> tuple[list[str], dict[str, str]]:
-    """The attacks that can run with this many references, and why the others cannot."""
+def runnable(names, ref_in: torch.Tensor | None, refs=()) -> tuple[list[str], dict[str, str]]:
+    """The attacks that can run with these references (`ref_in` [K, N], None when none
+    finished), and why the others cannot: all but Attack-P need a reference, the online
+    attacks an IN and an OUT reference for every audit sample."""
+    covered = ref_in is not None and bool(ref_in.any(0).all() and (~ref_in).any(0).all())
     ok, skipped = [], {}
     for n in names:
-        if n != "attack_p" and num_references == 0:
+        if n != "attack_p" and ref_in is None:
             skipped[n] = "needs reference models and none has finished training"
-        elif n in ("rmia_online", "lira_online") and num_references < 2:
-            skipped[n] = "needs IN and OUT references for every sample (K >= 2)"
+        elif n in ("rmia_online", "lira_online") and not covered:
+            skipped[n] = f"needs an IN and an OUT reference for every sample; finished references: {list(refs)}"
         else:
             ok.append(n)
     return ok, skipped

@@ -210,3 +210,16 @@ def test_corrupt_last_checkpoint_stops_the_resume_with_one_line(tmp_path, capsys
     assert fit(rd, *flags) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert str(last) in err and "delete it" in err
+
+
+def test_which_attacks_run_with_which_references():
+    from callbacks.scoring import runnable
+
+    ok, skipped = runnable(list(ATTACKS), None)
+    assert ok == ["attack_p"] and len(skipped) == 6
+    one = torch.tensor([[True, False, True]])  # one finished reference: nobody has both IN and OUT
+    ok, skipped = runnable(list(ATTACKS), one, [1])
+    assert "rmia_online" in skipped and "lira_online" in skipped and "rmia_offline" in ok and "lira_offline" in ok
+    pair = torch.stack([one[0], ~one[0]])
+    ok, skipped = runnable(list(ATTACKS), pair, [1, 2])
+    assert ok == list(ATTACKS) and not skipped
