@@ -14,10 +14,12 @@ import itertools
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from spikingjelly.activation_based import functional, layer
 from torchmetrics.classification import MulticlassAccuracy
 
 from datamodules.errors import ConfigError, check_choice, check_int
+from .conversion import INITS, check_convert_mode, initialise
 from .networks import ARCHS, NEURONS, SURROGATES, Normalize, build_network
 
 KINDS = ("ann", "snn")
@@ -46,6 +48,10 @@ class Classifier(L.LightningModule):
         weight_decay: float = 0.0,
         momentum: float = 0.9,
         scheduler: str = "cosine",
+        init: str = "scratch",
+        init_from: str | None = None,
+        convert_mode: str = "max",
+        convert_batches: int = 16,
     ):
         """
         Args:
@@ -61,6 +67,15 @@ class Classifier(L.LightningModule):
             num_classes, input_shape, normalization: set from the data module.
             optimizer: sgd (momentum) or adam; lr, weight_decay, momentum as usual.
             scheduler: cosine (annealed over trainer.max_epochs) or none.
+            init: scratch (random weights, direct surrogate-gradient training) or converted
+                (an SNN, IF neurons, built from init_from when fit starts, then fine-tuned
+                with surrogate gradients at this T; see conversion.py).
+            init_from: for init=converted: a trained ANN checkpoint (converted with
+                spikingjelly's ann2snn), or a converted SNN checkpoint trained at T - 1
+                (weights and thresholds copied: the T - 1 -> T chain).
+            convert_mode: per-layer threshold from the ANN's activations: max or a
+                percentile such as 99.9%.
+            convert_batches: training batches used to calibrate the thresholds.
         """
         super().__init__()
         check_choice("model.kind", kind, KINDS)
@@ -71,6 +86,18 @@ class Classifier(L.LightningModule):
         check_choice("model.encoding", encoding, ENCODINGS)
         check_choice("model.optimizer", optimizer, OPTIMIZERS)
         check_choice("model.scheduler", scheduler, SCHEDULERS)
+        check_choice("model.init", init, INITS)
+        if init == "converted":
+            for key, value, need in (("model.kind", kind, "snn"), ("model.neuron", neuron, "if"),
+                                     ("model.encoding", encoding, "direct")):
+                if value != need:
+                    raise ConfigError(f"{key}={value!r} is not allowed with model.init='converted'; set {key}={need} "
+                                      f"(a converted SNN is rate-coded with IF neurons on the directly encoded image)")
+            if not init_from:
+                raise ConfigError("model.init_from=None is not allowed with model.init='converted'; give the path of a "
+                                  "trained ANN checkpoint (or of a converted SNN checkpoint at T - 1)")
+            check_convert_mode(convert_mode)
+            check_int("model.convert_batches", convert_batches, 1)
         for key, value in (("model.lr", lr), ("model.width", width), ("model.tau", tau), ("model.v_threshold", v_threshold)):
             if not value > 0:
                 raise ConfigError(f"{key}={value!r} is not allowed; expected a number > 0")
@@ -84,8 +111,13 @@ class Classifier(L.LightningModule):
         mean, std = normalization if normalization is not None else ([0.0] * input_shape[0], [1.0] * input_shape[0])
         self.normalize = Normalize(mean, std)
         self.net = build_network(arch, kind, input_shape, num_classes, width,
-                                 **({} if kind == "ann" else dict(neuron_type=neuron, surrogate_name=surrogate,
+                                 **({} if kind == "ann" else dict(neuron_type="scaled_if" if init == "converted" else neuron,
+                                                                  surrogate_name=surrogate,
                                                                   tau=tau, v_threshold=v_threshold)))
+        if init == "converted":
+            # False until the weights and thresholds came from init_from: a resumed or
+            # reloaded checkpoint has True here and is not converted again.
+            self.register_buffer("init_done", torch.zeros((), dtype=torch.bool))
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -145,6 +177,18 @@ class Classifier(L.LightningModule):
         return self.forward_steps(x).mean(0)
 
     # -- training -----------------------------------------------------------------------
+    def on_fit_start(self):
+        if self.hparams.init != "converted" or bool(self.init_done):
+            return
+        datamodule = self.trainer.datamodule
+        # Without a datamodule (trainer.fit(model, loader)) the loader is only in the fit loop's source.
+        loader = datamodule.train_dataloader() if datamodule is not None else self.trainer.fit_loop._data_source.dataloader()
+        summary = initialise(self, loader, datamodule)
+        # Every rank calibrated on its own shuffle: take rank 0's result everywhere.
+        state = self.trainer.strategy.broadcast({k: v.cpu() for k, v in self.state_dict().items()}, src=0)
+        self.load_state_dict(state)
+        rank_zero_info(f"model.init=converted: {summary}")
+
     def _step(self, batch, stage: str, acc):
         x, y = batch[0], batch[1]
         logits = self(x)

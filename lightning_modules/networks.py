@@ -35,7 +35,32 @@ def activation_factory(kind: str, neuron_type: str = "lif", surrogate_name: str 
     sg = {"atan": surrogate.ATan, "sigmoid": surrogate.Sigmoid}[surrogate_name]
     if neuron_type == "lif":
         return lambda: LeanLIFNode(tau=tau, v_threshold=v_threshold, surrogate_function=sg(), detach_reset=True)
+    if neuron_type == "scaled_if":  # init=converted (lightning_modules/conversion.py), not a user choice
+        return lambda: ScaledIFNode(surrogate_function=sg())
     return lambda: neuron.IFNode(v_threshold=v_threshold, surrogate_function=sg(), detach_reset=True)
+
+
+class ScaledIFNode(neuron.IFNode):
+    """IF neuron with a per-layer threshold `threshold` (a buffer, so it is in the
+    state_dict) that emits spikes of amplitude `threshold`, with soft reset.
+
+    Its firing rate times the threshold tracks ReLU(x) clipped at the threshold, so a
+    ReLU ANN becomes an SNN by copying its weights and setting each layer's threshold
+    to that layer's activation maximum (or a percentile): rate coding, as spikingjelly's
+    ann2snn builds it with a VoltageScaler(1/theta) -> IFNode(1, soft reset) ->
+    VoltageScaler(theta) triple; here the triple is one module that our networks can
+    hold in place of ReLU, so the converted SNN keeps the architecture's structure
+    and reloads from hparams alone. The surrogate gradient passes through unchanged
+    (d(theta*s)/dx = surrogate'(x/theta - 1)), so the SNN can be fine-tuned.
+    """
+
+    def __init__(self, surrogate_function):
+        super().__init__(v_threshold=1.0, v_reset=None, surrogate_function=surrogate_function, detach_reset=True)
+        self.register_buffer("threshold", torch.ones(()))
+
+    def forward(self, *args, **kwargs):
+        x = args[0]
+        return super().forward(x / self.threshold, *args[1:], **kwargs) * self.threshold
 
 
 @functools.lru_cache(maxsize=64)
