@@ -159,7 +159,9 @@ def _interpolate(t: Tensor, sorted_z: Tensor, count: Tensor) -> Tensor:
     zero = torch.zeros_like(t)
     inner = torch.where(hi > lo, (t - lo) / torch.where(hi > lo, hi - lo, 1.0), zero)
     below = torch.where(hi > 0, t / torch.where(hi > 0, hi, 1.0), zero)  # count == 0: hi = smallest z ratio
-    # count == Z: lo = largest z ratio; t / (1 + t) only when every z ratio is 0
-    above = torch.where(lo > 0, 1 - lo / torch.where(t > 0, t, 1.0), t / (1 + t))
+    # count == Z: lo = largest z ratio. When every z ratio is 0 this gives f = 1 for all
+    # such x (a tie): any other function of t alone would break the invariance to scaling
+    # the target's probabilities (hypothesis found t / (1 + t) doing so).
+    above = 1 - lo / torch.where(t > 0, t, 1.0)
     f = torch.where(count == 0, below, torch.where(count == z, above, inner))
     return f.clamp(0.0, 1.0)

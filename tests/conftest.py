@@ -5,6 +5,13 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("PYTHONWARNINGS", "ignore")
 
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# CI runs the same examples every time (a red CI must be reproducible); locally hypothesis
+# explores new ones on each run (HYPOTHESIS_PROFILE=ci to reproduce CI's).
+settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI") or os.environ.get("HYPOTHESIS_PROFILE") == "ci":
+    settings.load_profile("ci")
 
 
 @pytest.fixture

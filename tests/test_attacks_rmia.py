@@ -182,12 +182,16 @@ def test_float32_inputs():
     assert torch.equal(got, rmia(*[x.double() for x in f32], ref_in))
 
 
-def test_all_zero_population_ratios_still_break_ties():
+def test_all_zero_population_ratios_tie_rather_than_break_scale_invariance():
+    # Every z ratio 0: each x with ratio > 0 dominates all z. Ordering those x by a function
+    # of ratio(x) alone would change when the target's probabilities are scaled (the
+    # invariance the issue asks for), so they share the top score.
     t = torch.tensor([0.2, 0.4, 0.0], dtype=torch.float64)
     r = torch.full((2, 3), 0.5, dtype=torch.float64)
     ref_in = torch.tensor([[True, False, True], [False, True, False]])
     s = rmia(t, r, torch.zeros(4), torch.full((2, 4), 0.5), ref_in)
-    assert s[2] < s[0] < s[1] and s[0] >= 1.0 and s[1] < 1 + 1 / 8
+    assert s[2] < s[0] == s[1] and 1.0 <= s[0] < 1 + 1 / 8
+    assert torch.equal(rmia(t * 0.5, r, torch.zeros(4), torch.full((2, 4), 0.5), ref_in), s)
 
 
 # ---------------------------------------------------------------- bad input
