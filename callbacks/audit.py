@@ -30,7 +30,7 @@ from datamodules.errors import ConfigError
 from .cache import Ranks, cached_signals_by_latency, checkpoint_path, finished_models, read_done, subset
 from .membership_attack import setting_name
 from .report import LATENCY_METRICS, table, write_report
-from .scoring import accuracies, check_attacks, evaluate, runnable, summary
+from .scoring import accuracies, check_attacks, distinct_fraction, evaluate, runnable, summary
 
 
 def _history_from_checkpoint(run_dir, index: int) -> list:
@@ -100,11 +100,14 @@ def run_audit(dm, *, queries=("plain",), latencies=None, attacks=None, query_see
             results[latency, s.name] = (t_target, evaluate(ok, t_target, t_refs, ref_in, is_member, **score_kwargs))
     if not ranks.is_zero:
         return None
-    metrics, acc, series = {}, None, {}
+    metrics, acc, series, distinct = {}, None, {}, {}
     for latency in lats:  # report rows latency-major, as one run per latency listed them
         shown = None if latency in (None, trained_T) else latency
         for s in strategies:
             target, result = results[latency, s.name]
+            # Few distinct confidences = many ties (a low-latency SNN's coarse outputs):
+            # where averaging over query masks helps, this is why.
+            distinct[setting_name("", s.name, shown).lstrip("@") or "plain"] = distinct_fraction(target)
             if acc is None or (s.name == "plain" and shown is None):
                 acc = accuracies(target, is_member)
             metrics.update({setting_name(n, s.name, shown): m for n, m in result.items()})
@@ -118,7 +121,7 @@ def run_audit(dm, *, queries=("plain",), latencies=None, attacks=None, query_see
             latency_series[name] = {"t": [t for t, _ in points],
                                     **{k: [float(m[k]) for _, m in points] for k in LATENCY_METRICS}}
     target_info = {"epoch": done.get("epochs", 0) - 1, "kind": done.get("kind"), "arch": done.get("arch"),
-                   "T": trained_T, **acc}
+                   "T": trained_T, **acc, "distinct_confidences": distinct}
     settings = {"plan": dm.plan.fingerprint, "references": refs, "queries": [s.name for s in strategies],
                 "latencies": list(latencies or []), "audit_samples": int(is_member.numel()),
                 "population_samples": int(len(dm.population_indices)), "query_seed": query_seed,

@@ -42,6 +42,9 @@ def markdown(report: dict) -> str:
     if "train_acc" in t:
         lines += [f"Target accuracy: train {t['train_acc']:.4f}, test {t['test_acc']:.4f} "
                   f"(gap {t['acc_gap']:+.4f}).", ""]
+    if t.get("distinct_confidences"):
+        lines += ["Distinct target confidences / N (low = many ties): "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in t["distinct_confidences"].items()) + ".", ""]
     lines += ["| attack | " + " | ".join(h for _, h in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for name, m in report["attacks"].items():
         lines.append(f"| {name} | " + " | ".join(f"{m[k]:.4f}" if k in m else "" for k, _ in COLUMNS) + " |")

@@ -97,6 +97,10 @@ def test_audit_grid_of_queries_and_latencies(small_run):
         "attack_p@T1", "rmia_offline@T1", "attack_p@dropout_p0.05_n2,T1", "rmia_offline@dropout_p0.05_n2,T1",
         "attack_p@T2", "rmia_offline@T2", "attack_p@dropout_p0.05_n2,T2", "rmia_offline@dropout_p0.05_n2,T2",
     }
+    distinct = report["target"]["distinct_confidences"]
+    assert set(distinct) == {"T1", "dropout_p0.05_n2,T1", "T2", "dropout_p0.05_n2,T2"}
+    assert all(0 < v <= 1 for v in distinct.values())
+    assert "Distinct target confidences" in (rd / "audit" / "report.md").read_text()
 
 
 def _train_three(rd, *target_flags, ref_flags=("--model.kind", "ann", "--trainer.max_epochs", "40")):
