@@ -337,3 +337,14 @@ def test_a_requeued_reference_resumes_from_its_own_checkpoint(tmp_path, monkeypa
     (epoch, step, env), = RecordStart.seen
     assert env == "SLURMEnvironment" and epoch == 1 and step >= 3  # not from scratch: epoch 1 was done
     assert json.loads((model / "done.json").read_text())["epochs"] == 2
+
+
+def test_run_py_submit_prints_the_scripts(tmp_path, capsys):
+    import run
+
+    assert run.main(["submit", "--run_dir", str(tmp_path / "rd"), "--workdir", str(tmp_path),
+                     "--data.num_references", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "#SBATCH --array=1-2" in out and "--data.model_index \"$SLURM_ARRAY_TASK_ID\"" in out
+    assert "--data.model_index 0" in out
+    assert not (tmp_path / "rd").exists()  # printing writes nothing
