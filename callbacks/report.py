@@ -14,6 +14,7 @@ report.json:
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from attacks import downsample_roc, plot_roc
@@ -53,7 +54,9 @@ def markdown(report: dict) -> str:
     settings = report.get("settings", {})
     if settings:
         lines += ["", "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items() if not isinstance(v, dict)) + "."]
-    lines += ["", "ROC curves: roc.png (linear and log-log axes). Numbers: report.json.", ""]
+    shown = len(roc_selection(report["attacks"]))
+    note = "" if shown == len(report["attacks"]) else f" ({shown} of {len(report['attacks'])} settings: the trained latency)"
+    lines += ["", f"ROC curves: roc.png (linear and log-log axes){note}; every curve is in report.json.", ""]
     if report.get("latency"):
         ts = sorted({t for v in report["latency"].values() for t in v["t"]})
         lines[-1:] = ["", f"Leakage against latency t = {', '.join(map(str, ts))} (the SNN's readout averaged over "
@@ -125,10 +128,21 @@ def plot_latency(series: dict[str, dict], path: Path, title: str | None = None) 
     fig.savefig(path, dpi=120, format="png")
 
 
+ROC_CURVES_MAX = 14
+
+
+def roc_selection(metrics: dict) -> dict:
+    """The curves roc.png shows: the settings at the trained latency (no `T<t>` suffix;
+    latency.png covers the others), at most ROC_CURVES_MAX of them: 56 curves of a
+    query x latency grid made an unreadable plot."""
+    base = {n: m for n, m in metrics.items() if not re.search(r"[@,]T\d+$", n)} or metrics
+    return dict(list(base.items())[:ROC_CURVES_MAX])
+
+
 def _plot(metrics, tmp_path: Path, title) -> None:
     # plot_roc picks the format from the suffix: draw to a .png temp name, then rename.
     png = tmp_path.with_name(tmp_path.name + ".png")
-    plot_roc(metrics, png, title=title)
+    plot_roc(roc_selection(metrics), png, title=title)
     png.replace(tmp_path)
 
 

@@ -227,3 +227,12 @@ def test_which_attacks_run_with_which_references():
     pair = torch.stack([one[0], ~one[0]])
     ok, skipped = runnable(list(ATTACKS), pair, [1, 2])
     assert ok == list(ATTACKS) and not skipped
+
+
+def test_roc_plot_shows_the_trained_latency_only():
+    from callbacks.report import ROC_CURVES_MAX, roc_selection
+
+    names = [f"{a}{s}" for s in ("", "@T1", "@dropout_p0.01_n4", "@dropout_p0.01_n4,T1") for a in ATTACKS]
+    picked = roc_selection({n: {} for n in names})
+    assert list(picked) == [n for n in names if not n.endswith("T1")]
+    assert len(roc_selection({f"a{i}@q{i}": {} for i in range(40)})) == ROC_CURVES_MAX
