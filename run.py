@@ -7,6 +7,7 @@
     python run.py test --run_dir runs/default           # population accuracy of the target's last checkpoint
     python run.py fit --print_config                    # the resolved configuration
     python run.py submit --config CFG --partition gpu --time 12:00:00 --submit   # SLURM: reference array, then the target
+    python run.py study --config configs/study/digits.yml   # a matrix of models on one plan, one report
 
 Every run reads configs/default.yaml first, then any --config files, then flags.
 `fit` with data.model_index null trains every missing reference model, then the
@@ -303,6 +304,10 @@ def main(args: list[str] | None = None) -> int:
         from cluster.slurm import submit_main
 
         return submit_main(argv[1:])
+    if argv[:1] == ["study"]:  # fit + audit a matrix of runs on one plan, one report (study/runner.py)
+        from study.runner import study_main
+
+        return study_main(argv[1:])
     try:
         cli_main(args)
     except ConfigError as err:

@@ -1,0 +1,377 @@
+"""`python run.py study --config configs/study/digits.yml`: several run.py runs, one report.
+
+A study YAML (see configs/study/*.yml):
+
+    name: digits                       # optional label
+    run_dir: runs/study_digits         # each entry trains into run_dir/<entry name>/
+    base_args: [...]                   # run.py flags given to every entry
+    entries:                           # one run.py run each; ${run_dir} in args is the study's run_dir
+      - {name: ann, args: [--model.kind, ann]}
+      - {name: snn_T1, args: [--model.kind, snn, --model.T, "1"]}
+    audit_args: [--queries, "[plain, 'dropout:p=0.01,n=10']"]   # given to every `run.py audit`
+
+For each entry, in order: `run.py fit <base_args> <args> --run_dir run_dir/<name>` (finished
+models are skipped, so a rerun trains nothing), a check that its plan.json equals the first
+entry's (same seed, K, population, audit set), then `run.py audit <base_args> <args> <audit_args>
+--run_dir run_dir/<name>` (signals come from the cache on a rerun). Then run_dir/study/ gets
+report.json (every entry's attacks, target, settings, curves), report.md (one row per entry),
+leakage_vs_T.png and roc_overlay.png. Exit codes: 0 done, 2 bad study file or flag (one line,
+nothing written), 1 a run failed or the plans differ (one line naming the entry).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+STUDY_KEYS = {"name", "run_dir", "base_args", "entries", "audit_args"}
+ENTRY_KEYS = {"name", "args"}
+MAIN_ATTACKS = ("attack_p", "attack_r", "rmia_offline", "lira_online")
+METRICS = (("auc", "AUC"), ("tpr@1%fpr", "TPR@1%FPR"), ("tpr@0.1%fpr", "TPR@0.1%FPR"))
+ROC_ATTACK = "rmia_offline"
+NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
+
+
+class StudyError(ValueError):
+    """A bad study file or flag (exit 2)."""
+
+
+class StudyFailure(RuntimeError):
+    """A run failed or the entries disagree (exit 1)."""
+
+
+# -- the study file ---------------------------------------------------------------------------
+def _str_list(value: Any, where: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, (str, int, float, bool)) for v in value):
+        raise StudyError(f"{where}: expected a list of strings, got {value!r}")
+    out = [str(v) if not isinstance(v, bool) else str(v).lower() for v in value]
+    for flag in out:
+        if flag == "--run_dir" or flag.startswith("--run_dir="):
+            raise StudyError(f"{where}: --run_dir is set by the study (run_dir/<entry name>); remove it")
+    return out
+
+
+def load_study(path: str | Path, run_dir: str | None = None) -> dict:
+    """Parse and validate a study YAML; raises StudyError with a one-line message."""
+    path = Path(path)
+    if not path.is_file():
+        raise StudyError(f"study config {str(path)!r} not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise StudyError(f"study config {str(path)!r} is not valid YAML: {first}") from None
+    if not isinstance(raw, dict):
+        raise StudyError(f"study config {str(path)!r}: expected a mapping with keys {sorted(STUDY_KEYS)}")
+    unknown = sorted(set(raw) - STUDY_KEYS, key=str)
+    if unknown:
+        raise StudyError(f"study config {str(path)!r}: unknown key {unknown[0]!r}; allowed: {sorted(STUDY_KEYS)}")
+    rd = run_dir if run_dir is not None else raw.get("run_dir")
+    if not isinstance(rd, str) or not rd.strip():
+        raise StudyError(f"study config {str(path)!r}: run_dir must be a non-empty path, got {rd!r}")
+    entries = raw.get("entries")
+    if not isinstance(entries, list) or not entries:
+        raise StudyError(f"study config {str(path)!r}: entries must be a non-empty list")
+    seen: set[str] = set()
+    parsed = []
+    for i, entry in enumerate(entries):
+        where = f"entries[{i}]"
+        if not isinstance(entry, dict):
+            raise StudyError(f"{where}: expected a mapping with keys {sorted(ENTRY_KEYS)}, got {entry!r}")
+        bad = sorted(set(entry) - ENTRY_KEYS, key=str)
+        if bad:
+            raise StudyError(f"{where}: unknown key {bad[0]!r}; allowed: {sorted(ENTRY_KEYS)}")
+        name = entry.get("name")
+        if not isinstance(name, str) or not name:
+            raise StudyError(f"{where}.name: expected a non-empty string, got {name!r}")
+        if not NAME_RE.match(name) or name in (".", "..", "study"):
+            raise StudyError(f"{where}.name={name!r}: use letters, digits and _ . + - only "
+                             "(it names a folder; no '/', not 'study')")
+        if name in seen:
+            raise StudyError(f"{where}.name={name!r}: duplicate entry name")
+        seen.add(name)
+        args = [a.replace("${run_dir}", rd) for a in _str_list(entry.get("args"), f"{where}.args")]
+        parsed.append({"name": name, "args": args})
+    name = raw.get("name", path.stem)
+    if not isinstance(name, str):
+        raise StudyError(f"study config {str(path)!r}: name must be a string, got {name!r}")
+    return {"name": name, "run_dir": rd, "entries": parsed,
+            "base_args": [a.replace("${run_dir}", rd) for a in _str_list(raw.get("base_args"), "base_args")],
+            "audit_args": [a.replace("${run_dir}", rd) for a in _str_list(raw.get("audit_args"), "audit_args")]}
+
+
+# -- running ----------------------------------------------------------------------------------
+def _run(step: str, entry: str, argv: list[str]) -> None:
+    import run
+
+    print(f"study: {entry}: run.py {step} {' '.join(argv)}", file=sys.stderr, flush=True)
+    try:
+        code = run.main([step, *argv])
+    except SystemExit as err:  # jsonargparse exits on a bad flag
+        code = err.code if isinstance(err.code, int) else 1
+    except Exception as err:  # noqa: BLE001 - one line naming the entry, not a traceback
+        text = str(err).strip().splitlines()
+        raise StudyFailure(f"entry {entry!r}: run.py {step} failed: {type(err).__name__}: "
+                           f"{text[0] if text else ''}") from err
+    if code:
+        raise StudyFailure(f"entry {entry!r}: run.py {step} exited with code {code}")
+
+
+def _plan_of(entry_dir: Path, entry: str) -> dict:
+    path = entry_dir / "plan.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise StudyFailure(f"entry {entry!r}: cannot read {path}: {err}") from None
+
+
+def _report_of(entry_dir: Path, entry: str) -> dict:
+    path = entry_dir / "audit" / "report.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise StudyFailure(f"entry {entry!r}: cannot read {path}: {err}") from None
+
+
+def _converted(args: list[str]) -> bool:
+    for i, a in enumerate(args):
+        if a == "--model.init=converted" or (a == "--model.init" and i + 1 < len(args) and args[i + 1] == "converted"):
+            return True
+    return False
+
+
+# -- the combined report ----------------------------------------------------------------------
+def _atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def main_attack_names(reports: dict[str, dict]) -> list[str]:
+    """rmia_offline etc. and their @dropout variants, in MAIN_ATTACKS order, present in any entry."""
+    present = {n for r in reports.values() for n in r.get("attacks", {})}
+    names = []
+    for base in MAIN_ATTACKS:
+        names += [base] if base in present else []
+        names += sorted(n for n in present if n.startswith(base + "@dropout"))
+    return names
+
+
+def _label(e: dict) -> str:
+    t = e["target"]
+    kind = t.get("kind", "?")
+    text = f"{kind}{' converted' if e['converted'] else ''}"
+    if kind == "snn" and t.get("T") is not None:
+        text += f" T={t['T']}"
+    return text
+
+
+def markdown(study: dict) -> str:
+    entries, attacks = study["entries"], study["main_attacks"]
+    lines = [f"# Study: {study['name']}", "",
+             f"{len(entries)} entries on one membership plan: "
+             + ", ".join(f"{k}={v}" for k, v in study["plan"].items()) + ".", ""]
+    head = ["entry", "model", "test acc", "distinct conf."]
+    head += [f"{a} {h}" for a in attacks for _, h in METRICS]
+    lines += ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for name, e in entries.items():
+        t = e["target"]
+        dc = t.get("distinct_confidences") or {}
+        row = [name, _label(e), f"{t['test_acc']:.4f}" if "test_acc" in t else "",
+               ", ".join(f"{k} {v:.3f}" for k, v in dc.items())]
+        for a in attacks:
+            m = e["attacks"].get(a, {})
+            row += [f"{m[k]:.4f}" if k in m else "" for k, _ in METRICS]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "distinct conf.: distinct target confidences / N per query setting (low = many ties).",
+              "Plots: leakage_vs_T.png (AUC and TPR@0.1%FPR against T; ANN as a horizontal line), "
+              f"roc_overlay.png ({ROC_ATTACK}, log-log). Every entry's report: <run_dir>/<entry>/audit/.", ""]
+    return "\n".join(lines)
+
+
+def table(study: dict) -> str:
+    """The Markdown table of report.md, as printed at the end of a study."""
+    return "\n".join(line for line in markdown(study).splitlines() if line.startswith("|"))
+
+
+def _split(attack: str) -> tuple[str, str]:
+    base, _, setting = attack.partition("@")
+    return base, setting or "plain"
+
+
+def plot_leakage_vs_T(study: dict, path: Path) -> None:
+    """One panel per (metric, query setting); one colour per attack; SNN entries as lines over T
+    (solid: trained from scratch, dashed: converted), ANN entries as dotted horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    entries, attacks = study["entries"], study["main_attacks"]
+    settings = list(dict.fromkeys(_split(a)[1] for a in attacks)) or ["plain"]
+    metrics = (("auc", "AUC"), ("tpr@0.1%fpr", "TPR@0.1%FPR"))
+    fig, axes = plt.subplots(len(metrics), len(settings), figsize=(5.2 * len(settings), 7.5), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    bases = list(dict.fromkeys(_split(a)[0] for a in attacks))
+    ts = sorted({e["target"]["T"] for e in entries.values() if e["target"].get("kind") == "snn"
+                 and e["target"].get("T") is not None})
+    for row, (metric, title) in enumerate(metrics):
+        for col, setting in enumerate(settings):
+            ax = axes[row][col]
+            for a in attacks:
+                base, s = _split(a)
+                if s != setting:
+                    continue
+                color = colors[bases.index(base) % len(colors)]
+                groups: dict[str, list] = {}
+                for name, e in entries.items():
+                    m = e["attacks"].get(a)
+                    if m is None or metric not in m:
+                        continue
+                    t = e["target"]
+                    if t.get("kind") == "ann":
+                        ax.axhline(m[metric], color=color, linestyle=":", linewidth=1.4, label=f"{base} ANN")
+                    elif t.get("T") is not None:
+                        groups.setdefault("SNN converted" if e["converted"] else "SNN", []).append((t["T"], m[metric]))
+                for g, pts in groups.items():
+                    pts.sort()
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if g == "SNN" else "s",
+                            linestyle="-" if g == "SNN" else "--", color=color, label=f"{base} {g}")
+            if ts:
+                ax.set_xticks(ts)
+            ax.set_xlabel("T (time steps)")
+            ax.set_ylabel(title)
+            ax.set_title(f"{title}, query {setting}", fontsize=10)
+            ax.grid(alpha=0.3)
+            if row == 0 and col == len(settings) - 1:
+                ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.suptitle(f"Study {study['name']}: leakage against T (ANN dotted)")
+    fig.tight_layout()
+    _atomic(path, lambda p: fig.savefig(p, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def plot_roc_overlay(study: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    positive = [v for e in study["entries"].values() for v in e["curves"].get(ROC_ATTACK, {}).get("fpr", []) if v > 0]
+    floor = min(positive) / 2 if positive else 1e-4
+    for name, e in study["entries"].items():
+        c = e["curves"].get(ROC_ATTACK)
+        if not c:
+            continue
+        fpr = [max(v, floor) for v in c["fpr"]]
+        tpr = [max(v, floor) for v in c["tpr"]]
+        auc = e["attacks"].get(ROC_ATTACK, {}).get("auc")
+        ax.plot(fpr, tpr, label=f"{name} ({_label(e)})" + (f", AUC {auc:.3f}" if auc is not None else ""))
+    ax.plot([floor, 1], [floor, 1], color="gray", linestyle=":", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(floor, 1)
+    ax.set_ylim(floor, 1)
+    ax.set_xlabel("FPR")
+    ax.set_ylabel("TPR")
+    ax.set_title(f"{ROC_ATTACK} ROC, every entry")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    _atomic(path, lambda p: fig.savefig(p, format="png", dpi=120))
+    plt.close(fig)
+
+
+def write_study_report(spec: dict, plan: dict, reports: dict[str, dict]) -> dict:
+    out = Path(spec["run_dir"]) / "study"
+    args = {e["name"]: e["args"] for e in spec["entries"]}
+    study = {
+        "name": spec["name"],
+        "run_dir": spec["run_dir"],
+        "plan": plan,
+        "base_args": spec["base_args"],
+        "audit_args": spec["audit_args"],
+        "main_attacks": main_attack_names(reports),
+        "entries": {name: {"args": args[name], "converted": _converted(args[name]),
+                           "run_dir": str(Path(spec["run_dir"]) / name),
+                           "target": r.get("target", {}), "attacks": r.get("attacks", {}),
+                           "skipped": r.get("skipped", {}), "settings": r.get("settings", {}),
+                           "curves": r.get("curves", {})}
+                    for name, r in reports.items()},
+    }
+    _atomic(out / "report.json", lambda p: p.write_text(json.dumps(study, indent=1) + "\n"))
+    _atomic(out / "report.md", lambda p: p.write_text(markdown(study)))
+    plot_leakage_vs_T(study, out / "leakage_vs_T.png")
+    plot_roc_overlay(study, out / "roc_overlay.png")
+    return study
+
+
+# -- CLI --------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (not argparse's usage block)
+        raise StudyError(message)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="run.py study", description="Train and audit a matrix of run.py runs on one "
+                "membership plan; write run_dir/study/report.{json,md} and plots.")
+    p.add_argument("--config", required=True, help="study YAML (configs/study/*.yml)")
+    p.add_argument("--run_dir", default=None, help="override the study file's run_dir")
+    return p
+
+
+def run_study(spec: dict) -> dict:
+    root = Path(spec["run_dir"])
+    plan0, first, reports = None, None, {}
+    for e in spec["entries"]:
+        name = e["name"]
+        argv = [*spec["base_args"], *e["args"], "--run_dir", str(root / name)]
+        _run("fit", name, argv)
+        plan = _plan_of(root / name, name)
+        if plan0 is None:
+            plan0, first = plan, name
+        elif plan != plan0:
+            diff = sorted(k for k in set(plan) | set(plan0) if plan.get(k) != plan0.get(k))
+            raise StudyFailure(f"entry {name!r}: membership plan differs from entry {first!r}'s in "
+                               + ", ".join(f"{k} ({plan.get(k)!r} vs {plan0.get(k)!r})" for k in diff)
+                               + "; every entry must use the same data settings")
+        _run("audit", name, [*argv[:-2], *spec["audit_args"], "--run_dir", str(root / name)])
+        reports[name] = _report_of(root / name, name)
+    return write_study_report(spec, plan0, reports)
+
+
+def study_main(argv: list[str]) -> int:
+    """`run.py study --config FILE [--run_dir DIR]`: 0 done, 2 bad input (nothing written), 1 a run failed."""
+    try:
+        flags = parser().parse_args(argv)
+        spec = load_study(flags.config, flags.run_dir)
+    except StudyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        study = run_study(spec)
+    except StudyFailure as err:
+        print(f"error: study {spec['name']!r}: {err}", file=sys.stderr)
+        return 1
+    print(table(study))
+    print(f"study report: {Path(spec['run_dir']) / 'study' / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(study_main(sys.argv[1:]))

@@ -1,0 +1,140 @@
+"""`run.py study` (study/runner.py): a matrix of runs on one plan, one combined report."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from study import study_main
+
+FAST = ["--data.dataset", "digits", "--data.num_references", "2", "--trainer.max_epochs", "1",
+        "--model.width", "0.25", "--trainer.enable_progress_bar", "false"]
+
+
+def write_study(path: Path, run_dir: Path, entries=None, **extra) -> Path:
+    spec = {"name": "tiny", "run_dir": str(run_dir), "base_args": FAST,
+            "entries": entries if entries is not None else [
+                {"name": "ann", "args": ["--model.kind", "ann"]},
+                {"name": "snn_T1", "args": ["--model.kind", "snn", "--model.T", "1"]}],
+            "audit_args": ["--queries", "[plain]"], **extra}
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def checkpoint_mtimes(run_dir: Path) -> dict:
+    return {str(p): p.stat().st_mtime_ns for p in sorted(run_dir.rglob("*.ckpt"))}
+
+
+def test_tiny_study_writes_report_and_plots_and_rerun_retrains_nothing(tmp_path, capsys):
+    rd = tmp_path / "study"
+    cfg = write_study(tmp_path / "s.yml", rd)
+    assert study_main(["--config", str(cfg)]) == 0
+    out = rd / "study"
+    for name in ("report.json", "report.md", "leakage_vs_T.png", "roc_overlay.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["entries"]) == ["ann", "snn_T1"]
+    assert report["entries"]["ann"]["target"]["kind"] == "ann"
+    assert report["entries"]["snn_T1"]["target"]["kind"] == "snn"
+    assert report["entries"]["snn_T1"]["target"]["T"] == 1
+    assert report["plan"] == json.loads((rd / "ann" / "plan.json").read_text())
+    assert report["main_attacks"] == ["attack_p", "attack_r", "rmia_offline", "lira_online"]
+    for e in report["entries"].values():
+        assert "rmia_offline" in e["curves"] and {"auc", "tpr@0.1%fpr"} <= set(e["attacks"]["rmia_offline"])
+    md = (out / "report.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| ")]
+    assert len(rows) == 3  # header + one row per entry
+    assert "rmia_offline TPR@0.1%FPR" in rows[0] and "test acc" in rows[0] and "distinct conf." in rows[0]
+    assert rows[1].startswith("| ann | ann |") and rows[2].startswith("| snn_T1 | snn T=1 |")
+    printed = capsys.readouterr().out
+    assert "snn_T1" in printed and "ann" in printed
+
+    before = checkpoint_mtimes(rd)
+    assert len(before) == 6  # 2 entries x (target + 2 references)
+    assert study_main(["--config", str(cfg)]) == 0
+    assert checkpoint_mtimes(rd) == before
+    again = json.loads((out / "report.json").read_text())
+    assert again["entries"]["snn_T1"]["attacks"] == report["entries"]["snn_T1"]["attacks"]
+    for name in ("ann", "snn_T1"):
+        hits = again["entries"][name]["settings"].get("signal_cache", {})
+        assert hits.get("misses", 0) == 0, hits
+
+    # an entry on another plan (here: another seed) stops the study with its name; no new report
+    stamp = (out / "report.json").stat().st_mtime_ns
+    other = write_study(tmp_path / "other.yml", rd, entries=[
+        {"name": "ann", "args": ["--model.kind", "ann"]},
+        {"name": "seed1", "args": ["--model.kind", "ann", "--data.seed", "1", "--trainer.limit_train_batches", "1"]}])
+    capsys.readouterr()
+    assert study_main(["--config", str(other)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error:") and "'seed1'" in err and "seed" in err and "'ann'" in err, err
+    assert (out / "report.json").stat().st_mtime_ns == stamp
+    assert checkpoint_mtimes(rd / "ann") == {k: v for k, v in before.items() if "/ann/" in k}
+
+
+def test_failing_run_names_the_entry(tmp_path, capsys):
+    rd = tmp_path / "study"
+    cfg = write_study(tmp_path / "s.yml", rd, entries=[{"name": "bad", "args": ["--model.kind", "nope"]}])
+    assert study_main(["--config", str(cfg)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error:") and "'bad'" in err and "fit" in err
+    assert not (rd / "study").exists()
+
+
+BAD = {
+    "no entries": {"run_dir": "R", "entries": []},
+    "missing entries": {"run_dir": "R"},
+    "duplicate": {"run_dir": "R", "entries": [{"name": "a"}, {"name": "a"}]},
+    "slash": {"run_dir": "R", "entries": [{"name": "a/b"}]},
+    "unknown key": {"run_dir": "R", "entries": [{"name": "a"}], "epochs": 3},
+    "unknown entry key": {"run_dir": "R", "entries": [{"name": "a", "argz": []}]},
+    "args not a list": {"run_dir": "R", "entries": [{"name": "a", "args": "--model.kind ann"}]},
+    "run_dir in args": {"run_dir": "R", "entries": [{"name": "a", "args": ["--run_dir", "x"]}]},
+    "no run_dir": {"entries": [{"name": "a"}]},
+    "not a mapping": ["a", "b"],
+}
+EXPECT = {"no entries": "entries", "missing entries": "entries", "duplicate": "duplicate", "slash": "'a/b'",
+          "unknown key": "'epochs'", "unknown entry key": "'argz'", "args not a list": "args",
+          "run_dir in args": "--run_dir", "no run_dir": "run_dir", "not a mapping": "mapping"}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_study_file_exits_2_with_one_line(tmp_path, monkeypatch, capsys, case):
+    monkeypatch.chdir(tmp_path)
+    spec = BAD[case]
+    if isinstance(spec, dict) and spec.get("run_dir") == "R":
+        spec = {**spec, "run_dir": str(tmp_path / "R")}
+    (tmp_path / "s.yml").write_text(yaml.safe_dump(spec))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert study_main(["--config", str(tmp_path / "s.yml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error:") and EXPECT[case] in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def test_missing_file_invalid_yaml_and_bad_flag(tmp_path, capsys):
+    assert study_main(["--config", str(tmp_path / "nope.yml")]) == 2
+    (tmp_path / "broken.yml").write_text("entries: [unclosed\n")
+    assert study_main(["--config", str(tmp_path / "broken.yml")]) == 2
+    assert study_main([]) == 2
+    assert study_main(["--config", str(tmp_path / "broken.yml"), "--frobnicate"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 4 and all(line.startswith("error:") for line in lines)
+    assert "nope.yml" in lines[0] and "YAML" in lines[1] and "--config" in lines[2] and "--frobnicate" in lines[3]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.yml"]
+
+
+@pytest.mark.parametrize("name", ["digits", "fashion_mnist", "paper_cifar10_resnet18"])
+def test_shipped_study_configs_parse(name):
+    from study import load_study
+
+    spec = load_study(Path(__file__).resolve().parents[1] / "configs" / "study" / f"{name}.yml")
+    assert spec["entries"] and all("${run_dir}" not in a for e in spec["entries"] for a in e["args"])
+
+
+def test_run_py_routes_study(tmp_path, capsys):
+    import run
+
+    assert run.main(["study", "--config", str(tmp_path / "missing.yml")]) == 2
+    assert "missing.yml" in capsys.readouterr().err.strip().splitlines()[-1]
