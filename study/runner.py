@@ -199,7 +199,7 @@ def markdown(study: dict) -> str:
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "distinct conf.: distinct target confidences / N per query setting (low = many ties).",
               "Plots: leakage_vs_T.png (AUC and TPR@0.1%FPR against T; ANN as a horizontal line), "
-              f"roc_overlay.png ({ROC_ATTACK}, log-log). Every entry's report: <run_dir>/<entry>/audit/.", ""]
+              f"roc_overlay.png ({ROC_ATTACK}, log-log), auc_per_epoch.png ({ROC_ATTACK} AUC per training epoch). Every entry's report: <run_dir>/<entry>/audit/.", ""]
     return "\n".join(lines)
 
 
@@ -297,6 +297,32 @@ def plot_roc_overlay(study: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_epochs(study: dict, path: Path) -> None:
+    """The target's attack AUC at every audited epoch (the MembershipAttack history), one
+    line per entry: how leakage builds up during training."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for name, e in study["entries"].items():
+        points = [(h["epoch"], h["attacks"][ROC_ATTACK]["auc"]) for h in e.get("history", [])
+                  if ROC_ATTACK in h.get("attacks", {})]
+        if points:
+            ax.plot([p[0] + 1 for p in points], [p[1] for p in points], marker="o", markersize=3,
+                    label=f"{name} ({_label(e)})")
+    ax.axhline(0.5, color="gray", linestyle=":", linewidth=1)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"{ROC_ATTACK} AUC")
+    ax.set_title(f"{ROC_ATTACK} AUC of the target during training")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _atomic(path, lambda p: fig.savefig(p, format="png", dpi=120))
+    plt.close(fig)
+
+
 def write_study_report(spec: dict, plan: dict, reports: dict[str, dict]) -> dict:
     out = Path(spec["run_dir"]) / "study"
     args = {e["name"]: e["args"] for e in spec["entries"]}
@@ -311,13 +337,14 @@ def write_study_report(spec: dict, plan: dict, reports: dict[str, dict]) -> dict
                            "run_dir": str(Path(spec["run_dir"]) / name),
                            "target": r.get("target", {}), "attacks": r.get("attacks", {}),
                            "skipped": r.get("skipped", {}), "settings": r.get("settings", {}),
-                           "curves": r.get("curves", {})}
+                           "curves": r.get("curves", {}), "history": r.get("history", [])}
                     for name, r in reports.items()},
     }
     _atomic(out / "report.json", lambda p: p.write_text(json.dumps(study, indent=1) + "\n"))
     _atomic(out / "report.md", lambda p: p.write_text(markdown(study)))
     plot_leakage_vs_T(study, out / "leakage_vs_T.png")
     plot_roc_overlay(study, out / "roc_overlay.png")
+    plot_epochs(study, out / "auc_per_epoch.png")
     return study
 
 

@@ -31,7 +31,7 @@ def test_tiny_study_writes_report_and_plots_and_rerun_retrains_nothing(tmp_path,
     cfg = write_study(tmp_path / "s.yml", rd)
     assert study_main(["--config", str(cfg)]) == 0
     out = rd / "study"
-    for name in ("report.json", "report.md", "leakage_vs_T.png", "roc_overlay.png"):
+    for name in ("report.json", "report.md", "leakage_vs_T.png", "roc_overlay.png", "auc_per_epoch.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     report = json.loads((out / "report.json").read_text())
     assert list(report["entries"]) == ["ann", "snn_T1"]
