@@ -125,7 +125,10 @@ def test_missing_file_invalid_yaml_and_bad_flag(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.yml"]
 
 
-@pytest.mark.parametrize("name", ["digits", "fashion_mnist", "paper_cifar10_resnet18"])
+STUDY_CONFIGS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs" / "study").glob("*.yml"))
+
+
+@pytest.mark.parametrize("name", STUDY_CONFIGS)
 def test_shipped_study_configs_parse(name):
     from study import load_study
 
