@@ -52,6 +52,7 @@ class Classifier(L.LightningModule):
         init_from: str | None = None,
         convert_mode: str = "max",
         convert_batches: int = 16,
+        convert_v_init: float = 0.5,
     ):
         """
         Args:
@@ -76,6 +77,10 @@ class Classifier(L.LightningModule):
             convert_mode: per-layer threshold from the ANN's activations: max or a
                 percentile such as 99.9%.
             convert_batches: training batches used to calibrate the thresholds.
+            convert_v_init: initial membrane potential of the converted IF neurons, as a
+                fraction of their threshold, in [0, 1): 0.5 (half-threshold start; at
+                T = 1 the only setting that converts to a working network) or 0
+                (spikingjelly ann2snn's start at rest).
         """
         super().__init__()
         check_choice("model.kind", kind, KINDS)
@@ -98,6 +103,10 @@ class Classifier(L.LightningModule):
                                   "trained ANN checkpoint (or of a converted SNN checkpoint at T - 1)")
             check_convert_mode(convert_mode)
             check_int("model.convert_batches", convert_batches, 1)
+            if isinstance(convert_v_init, bool) or not isinstance(convert_v_init, (int, float)) \
+                    or not 0 <= convert_v_init < 1:
+                raise ConfigError(f"model.convert_v_init={convert_v_init!r} is not allowed; expected a number in [0, 1) "
+                                  f"(a fraction of the threshold: 0.5 half-threshold start, 0 start at rest)")
         for key, value in (("model.lr", lr), ("model.width", width), ("model.tau", tau), ("model.v_threshold", v_threshold)):
             if not value > 0:
                 raise ConfigError(f"{key}={value!r} is not allowed; expected a number > 0")
@@ -113,7 +122,8 @@ class Classifier(L.LightningModule):
         self.net = build_network(arch, kind, input_shape, num_classes, width,
                                  **({} if kind == "ann" else dict(neuron_type="scaled_if" if init == "converted" else neuron,
                                                                   surrogate_name=surrogate,
-                                                                  tau=tau, v_threshold=v_threshold)))
+                                                                  tau=tau, v_threshold=v_threshold,
+                                                                  v_init=convert_v_init)))
         if init == "converted":
             # False until the weights and thresholds came from init_from: a resumed or
             # reloaded checkpoint has True here and is not converted again.

@@ -29,14 +29,14 @@ SURROGATES = ("atan", "sigmoid")
 
 
 def activation_factory(kind: str, neuron_type: str = "lif", surrogate_name: str = "atan",
-                       tau: float = 2.0, v_threshold: float = 1.0) -> Callable[[], nn.Module]:
+                       tau: float = 2.0, v_threshold: float = 1.0, v_init: float = 0.5) -> Callable[[], nn.Module]:
     if kind == "ann":
         return nn.ReLU
     sg = {"atan": surrogate.ATan, "sigmoid": surrogate.Sigmoid}[surrogate_name]
     if neuron_type == "lif":
         return lambda: LeanLIFNode(tau=tau, v_threshold=v_threshold, surrogate_function=sg(), detach_reset=True)
     if neuron_type == "scaled_if":  # init=converted (lightning_modules/conversion.py), not a user choice
-        return lambda: ScaledIFNode(surrogate_function=sg())
+        return lambda: ScaledIFNode(surrogate_function=sg(), v_init=v_init)
     return lambda: neuron.IFNode(v_threshold=v_threshold, surrogate_function=sg(), detach_reset=True)
 
 
@@ -52,11 +52,23 @@ class ScaledIFNode(neuron.IFNode):
     hold in place of ReLU, so the converted SNN keeps the architecture's structure
     and reloads from hparams alone. The surrogate gradient passes through unchanged
     (d(theta*s)/dx = surrogate'(x/theta - 1)), so the SNN can be fine-tuned.
+
+    `v_init` is the membrane potential after every reset, as a fraction of the
+    threshold. 0 is spikingjelly's ann2snn (an IF neuron starts at rest); 0.5, the
+    default, starts half-way to the threshold, which turns the rate code into rounding
+    instead of flooring and minimises the expected conversion error at low T (Bu et
+    al., ICLR 2022; spikingjelly 2.0 ships the same idea as neuron.HalfThresholdIFNode).
+    At T = 1 it is the difference between a dead network and a working one: with
+    v_init = 0 a neuron fires only where the input reaches the layer's activation
+    maximum.
     """
 
-    def __init__(self, surrogate_function):
+    def __init__(self, surrogate_function, v_init: float = 0.5):
         super().__init__(v_threshold=1.0, v_reset=None, surrogate_function=surrogate_function, detach_reset=True)
         self.register_buffer("threshold", torch.ones(()))
+        self.v_init = float(v_init)
+        self.set_reset_value("v", self.v_init)
+        self.v = self.v_init
 
     def forward(self, *args, **kwargs):
         x = args[0]
