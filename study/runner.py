@@ -149,6 +149,23 @@ def _converted(args: list[str]) -> bool:
     return False
 
 
+def _references(args: list[str]) -> dict | None:
+    """The entry's --references overrides (the last one given), e.g. {'kind': 'ann'}; None if none."""
+    value = None
+    for i, a in enumerate(args):
+        if a.startswith("--references="):
+            value = a.partition("=")[2]
+        elif a == "--references" and i + 1 < len(args):
+            value = args[i + 1]
+    if value is None:
+        return None
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return None  # run.py has refused it already
+    return parsed if isinstance(parsed, dict) and parsed else None
+
+
 # -- the combined report ----------------------------------------------------------------------
 def _atomic(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -177,6 +194,8 @@ def _label(e: dict) -> str:
     text = f"{kind}{' converted' if e['converted'] else ''}"
     if kind == "snn" and t.get("T") is not None:
         text += f" T={t['T']}"
+    if e.get("references"):
+        text += ", refs " + " ".join(f"{k}={v}" for k, v in e["references"].items())
     return text
 
 
@@ -243,14 +262,18 @@ def plot_leakage_vs_T(study: dict, path: Path) -> None:
                     if m is None or metric not in m:
                         continue
                     t = e["target"]
+                    refs = e.get("references")
+                    refs = f", refs {' '.join(f'{k}={v}' for k, v in refs.items())}" if refs else ""
                     if t.get("kind") == "ann":
-                        ax.axhline(m[metric], color=color, linestyle=":", linewidth=1.4, label=f"{base} ANN")
+                        ax.axhline(m[metric], color=color, linestyle=":", linewidth=1.4, label=f"{base} ANN{refs}")
                     elif t.get("T") is not None:
-                        groups.setdefault("SNN converted" if e["converted"] else "SNN", []).append((t["T"], m[metric]))
+                        group = ("SNN converted" if e["converted"] else "SNN") + refs
+                        groups.setdefault(group, []).append((t["T"], m[metric]))
                 for g, pts in groups.items():
                     pts.sort()
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if g == "SNN" else "s",
-                            linestyle="-" if g == "SNN" else "--", color=color, label=f"{base} {g}")
+                    style = {"SNN": ("o", "-"), "SNN converted": ("s", "--")}.get(g, ("^", "-."))
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=style[0], markersize=7 if len(pts) == 1 else 5,
+                            linestyle=style[1], color=color, label=f"{base} {g}")
             if ts:
                 ax.set_xticks(ts)
             ax.set_xlabel("T (time steps)")
@@ -334,6 +357,7 @@ def write_study_report(spec: dict, plan: dict, reports: dict[str, dict]) -> dict
         "audit_args": spec["audit_args"],
         "main_attacks": main_attack_names(reports),
         "entries": {name: {"args": args[name], "converted": _converted(args[name]),
+                           "references": _references(spec["base_args"] + args[name]),
                            "run_dir": str(Path(spec["run_dir"]) / name),
                            "target": r.get("target", {}), "attacks": r.get("attacks", {}),
                            "skipped": r.get("skipped", {}), "settings": r.get("settings", {}),

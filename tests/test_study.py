@@ -141,3 +141,35 @@ def test_run_py_routes_study(tmp_path, capsys):
 
     assert run.main(["study", "--config", str(tmp_path / "missing.yml")]) == 2
     assert "missing.yml" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_reference_overrides_label_rows_and_get_their_own_line(tmp_path):
+    """An SNN target audited with ANN references (--references '{kind: ann}') is labelled as
+    such in report.md and plotted apart from the SNN entries with references of their own kind."""
+    from study.runner import _references, markdown, plot_leakage_vs_T
+
+    assert _references(["--model.T", "4", "--references", "{kind: ann}"]) == {"kind": "ann"}
+    assert _references(["--references={kind: ann, width: 0.5}"]) == {"kind": "ann", "width": 0.5}
+    assert _references(["--references", "{kind: ann}", "--references", "null"]) is None
+    assert _references(["--model.T", "4"]) is None
+
+    def entry(T, auc, refs=None):
+        return {"args": [], "converted": False, "references": refs, "curves": {}, "history": [],
+                "target": {"kind": "snn", "T": T, "test_acc": 0.8},
+                "attacks": {"rmia_offline": {"auc": auc, "tpr@1%fpr": 0.01, "tpr@0.1%fpr": 0.001}}}
+    study = {"name": "refs", "plan": {"seed": 0}, "main_attacks": ["rmia_offline"],
+             "entries": {"snn_T2": entry(2, 0.6), "snn_T4": entry(4, 0.62), "snn_T4_annrefs": entry(4, 0.58, {"kind": "ann"})}}
+    rows = [line for line in markdown(study).splitlines() if line.startswith("| snn")]
+    assert rows[1].startswith("| snn_T4 | snn T=4 |")
+    assert rows[2].startswith("| snn_T4_annrefs | snn T=4, refs kind=ann |")
+
+    import matplotlib.pyplot as plt
+    from unittest import mock
+    with mock.patch.object(plt, "close"):  # keep the figure to inspect its lines
+        plot_leakage_vs_T(study, tmp_path / "l.png")
+        ax = plt.gcf().axes[0]
+    lines = {line.get_label(): list(line.get_xdata()) for line in ax.get_lines()}
+    plt.close("all")
+    assert lines["rmia_offline SNN"] == [2, 4]
+    assert lines["rmia_offline SNN, refs kind=ann"] == [4]
+    assert (tmp_path / "l.png").stat().st_size > 0
