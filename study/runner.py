@@ -200,23 +200,32 @@ def _label(e: dict) -> str:
 
 
 def markdown(study: dict) -> str:
+    """One table per query setting (plain first, then each input-dropout setting): rows are
+    the entries, columns test accuracy, the distinct-confidence fraction under that setting,
+    and every main attack's AUC, TPR@1%FPR and TPR@0.1%FPR."""
     entries, attacks = study["entries"], study["main_attacks"]
     lines = [f"# Study: {study['name']}", "",
              f"{len(entries)} entries on one membership plan: "
              + ", ".join(f"{k}={v}" for k, v in study["plan"].items()) + ".", ""]
-    head = ["entry", "model", "test acc", "distinct conf."]
-    head += [f"{a} {h}" for a in attacks for _, h in METRICS]
-    lines += ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-    for name, e in entries.items():
-        t = e["target"]
-        dc = t.get("distinct_confidences") or {}
-        row = [name, _label(e), f"{t['test_acc']:.4f}" if "test_acc" in t else "",
-               ", ".join(f"{k} {v:.3f}" for k, v in dc.items())]
-        for a in attacks:
-            m = e["attacks"].get(a, {})
-            row += [f"{m[k]:.4f}" if k in m else "" for k, _ in METRICS]
-        lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "distinct conf.: distinct target confidences / N per query setting (low = many ties).",
+    settings = list(dict.fromkeys(_split(a)[1] for a in attacks)) or ["plain"]
+    for setting in settings:
+        here = [a for a in attacks if _split(a)[1] == setting]
+        if len(settings) > 1:
+            lines += [f"## Queries: {setting}", ""]
+        head = ["entry", "model", "test acc", "distinct conf."]
+        head += [f"{_split(a)[0]} {h}" for a in here for _, h in METRICS]
+        lines += ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+        for name, e in entries.items():
+            t = e["target"]
+            dc = (t.get("distinct_confidences") or {}).get(setting)
+            row = [name, _label(e), f"{t['test_acc']:.4f}" if "test_acc" in t else "",
+                   f"{dc:.3f}" if dc is not None else ""]
+            for a in here:
+                m = e["attacks"].get(a, {})
+                row += [f"{m[k]:.4f}" if k in m else "" for k, _ in METRICS]
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+    lines += ["distinct conf.: distinct target confidences / N under that query setting (low = many ties).",
               "Plots: leakage_vs_T.png (AUC and TPR@0.1%FPR against T; ANN as a horizontal line), "
               f"roc_overlay.png ({ROC_ATTACK}, log-log), auc_per_epoch.png ({ROC_ATTACK} AUC per training epoch). Every entry's report: <run_dir>/<entry>/audit/.", ""]
     return "\n".join(lines)
@@ -224,7 +233,7 @@ def markdown(study: dict) -> str:
 
 def table(study: dict) -> str:
     """The Markdown table of report.md, as printed at the end of a study."""
-    return "\n".join(line for line in markdown(study).splitlines() if line.startswith("|"))
+    return "\n".join(line for line in markdown(study).splitlines() if line.startswith(("|", "## ")))
 
 
 def _split(attack: str) -> tuple[str, str]:

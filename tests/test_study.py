@@ -173,3 +173,23 @@ def test_reference_overrides_label_rows_and_get_their_own_line(tmp_path):
     assert lines["rmia_offline SNN"] == [2, 4]
     assert lines["rmia_offline SNN, refs kind=ann"] == [4]
     assert (tmp_path / "l.png").stat().st_size > 0
+
+
+def test_report_has_one_table_per_query_setting():
+    from study.runner import markdown
+
+    m = {"auc": 0.6, "tpr@1%fpr": 0.02, "tpr@0.1%fpr": 0.003}
+    study = {"name": "q", "plan": {"seed": 0},
+             "main_attacks": ["rmia_offline", "rmia_offline@dropout_p0.01_n10"],
+             "entries": {"conv_T1": {"args": [], "converted": True, "references": None,
+                                     "target": {"kind": "snn", "T": 1, "test_acc": 0.7,
+                                                "distinct_confidences": {"plain": 0.04, "dropout_p0.01_n10": 0.61}},
+                                     "attacks": {"rmia_offline": m, "rmia_offline@dropout_p0.01_n10": {**m, "auc": 0.65}}}}}
+    md = markdown(study).splitlines()
+    plain, dropout = md.index("## Queries: plain"), md.index("## Queries: dropout_p0.01_n10")
+    assert plain < dropout
+    row_plain = next(line for line in md[plain:dropout] if line.startswith("| conv_T1"))
+    row_drop = next(line for line in md[dropout:] if line.startswith("| conv_T1"))
+    assert row_plain == "| conv_T1 | snn converted T=1 | 0.7000 | 0.040 | 0.6000 | 0.0200 | 0.0030 |"
+    assert row_drop == "| conv_T1 | snn converted T=1 | 0.7000 | 0.610 | 0.6500 | 0.0200 | 0.0030 |"
+    assert "rmia_offline AUC" in md[plain + 2] and "@" not in md[plain + 2]
