@@ -192,4 +192,4 @@ def test_report_has_one_table_per_query_setting():
     row_drop = next(line for line in md[dropout:] if line.startswith("| conv_T1"))
     assert row_plain == "| conv_T1 | snn converted T=1 | 0.7000 | 0.040 | 0.6000 | 0.0200 | 0.0030 |"
     assert row_drop == "| conv_T1 | snn converted T=1 | 0.7000 | 0.610 | 0.6500 | 0.0200 | 0.0030 |"
-    assert "rmia_offline AUC" in md[plain + 2] and "@" not in md[plain + 2]
+    assert "rmia_offline AUC" in md[plain + 2] and "@dropout" not in md[plain + 2]
