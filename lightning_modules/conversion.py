@@ -8,7 +8,9 @@ training batches and returns a GraphModule whose ReLUs became
 VoltageScaler(1/theta) -> IFNode -> VoltageScaler(theta). We read theta per ReLU from that
 graph and put it in the matching ScaledIFNode of our own SNN (networks.ScaledIFNode),
 whose weights are the ANN's (the state_dict keys of an ANN and an SNN of one arch are
-the same: neurons have no parameters). The GraphModule itself is thrown away: the
+the same: neurons have no parameters). Unlike ann2snn's IFNode, which starts at rest,
+our neurons start at model.convert_v_init x theta (0.5 by default: the half-threshold
+start, without which a T = 1 conversion barely fires). The GraphModule itself is thrown away: the
 stored model must rebuild from hparams alone (Classifier.load_from_checkpoint, and
 callbacks/cache.py's weights_only load).
 
