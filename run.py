@@ -45,7 +45,7 @@ class AuditTrainer(L.Trainer):
               queries: list[str] = ["plain"], latencies: list[int] | None = None,
               attacks: list[str] = list(ATTACKS), query_seed: int = 0, audit_subset: int | None = None,
               rmia_offline_a: float = 0.3, rmia_gamma: float = 1.0, rmia_per_query: bool = False,
-              lira_fix_variance: bool | None = None) -> None:
+              lira_fix_variance: bool | None = None, report_dir: str | None = None) -> None:
         """Attack finished checkpoints without training: one report row per attack x query x latency.
 
         Args:
@@ -55,6 +55,8 @@ class AuditTrainer(L.Trainer):
             query_seed: seed of the input-dropout masks.
             audit_subset: audit a fixed random subset of this many samples.
             rmia_offline_a, rmia_gamma, rmia_per_query, lira_fix_variance: as in MembershipAttack.
+            report_dir: where report.{md,json} and the plots go (null: run_dir/audit, which the
+                training callback also writes); the signal cache stays in run_dir.
         """
         raise NotImplementedError("run through `python run.py audit`")
 

@@ -41,7 +41,8 @@ def _history_from_checkpoint(run_dir, index: int) -> list:
         return []
 
 
-def check_audit(run_dir, target_index: int, *, queries=("plain",), latencies=None, attacks=None, **_) -> tuple:
+def check_audit(run_dir, target_index: int, *, queries=("plain",), latencies=None, attacks=None,
+                report_dir=None, **_) -> tuple:
     """Validate the audit settings against the finished target (ConfigError naming the key):
     (query strategies, attack names, the target's done.json, its trained T or None)."""
     from .scoring import ATTACKS
@@ -58,19 +59,26 @@ def check_audit(run_dir, target_index: int, *, queries=("plain",), latencies=Non
     for t in latencies or []:
         if not (isinstance(t, int) and t >= 1):
             raise ConfigError(f"latencies={list(latencies)!r} is not allowed; expected integers >= 1")
+    if report_dir is not None:
+        rd = Path(report_dir)
+        if rd.exists() and not rd.is_dir():
+            raise ConfigError(f"report_dir={str(report_dir)!r} is a file; expected a folder (made if missing)")
+        if rd.resolve() == (Path(run_dir) / f"model_{target_index}").resolve() or rd.resolve() == Path(run_dir).resolve():
+            raise ConfigError(f"report_dir={str(report_dir)!r} would mix the report with the run's own files; "
+                              f"expected a folder of its own, e.g. {Path(run_dir) / 'audit_latency'}")
     return strategies, names, done, trained_T
 
 
 def run_audit(dm, *, queries=("plain",), latencies=None, attacks=None, query_seed: int = 0,
               audit_subset: int | None = None, subset_seed: int = 0, device=None, progress: bool = True,
-              ranks: Ranks | None = None, **score_kwargs) -> dict | None:
+              ranks: Ranks | None = None, report_dir=None, **score_kwargs) -> dict | None:
     """The audit; returns the report. Under DDP (`ranks` sharded) every rank calls it with
     the same settings; rank 0 writes and returns the report, the other ranks return None."""
     ranks = ranks or Ranks()
     run_dir = dm.run_dir
     target_index = dm.index
     strategies, names, done, trained_T = check_audit(run_dir, target_index, queries=queries, latencies=latencies,
-                                                     attacks=attacks)
+                                                     attacks=attacks, report_dir=report_dir)
     positions = dm.subset_positions(audit_subset, subset_seed)
     members = dm.membership[target_index]
     is_member = members if positions is None else members[positions]
@@ -126,11 +134,12 @@ def run_audit(dm, *, queries=("plain",), latencies=None, attacks=None, query_see
                 "latencies": list(latencies or []), "audit_samples": int(is_member.numel()),
                 "population_samples": int(len(dm.population_indices)), "query_seed": query_seed,
                 "signal_cache": stats, **score_kwargs}
-    report = write_report(Path(run_dir) / "audit", metrics, target=target_info,
+    out = Path(report_dir) if report_dir else Path(run_dir) / "audit"
+    report = write_report(out, metrics, target=target_info,
                           history=_history_from_checkpoint(run_dir, target_index), skipped=skipped,
                           settings=settings, title=f"{done.get('kind')} {done.get('arch')}",
                           latency=latency_series or None)
-    print("\n" + table(report) + f"\nreport: {Path(run_dir) / 'audit' / 'report.md'}", file=sys.stderr)
+    print("\n" + table(report) + f"\nreport: {out / 'report.md'}", file=sys.stderr)
     return report
 
 

@@ -236,3 +236,23 @@ def test_roc_plot_shows_the_trained_latency_only():
     picked = roc_selection({n: {} for n in names})
     assert list(picked) == [n for n in names if not n.endswith("T1")]
     assert len(roc_selection({f"a{i}@q{i}": {} for i in range(40)})) == ROC_CURVES_MAX
+
+
+def test_audit_report_dir_keeps_the_runs_own_report(small_run, capsys):
+    rd = small_run
+    own = (rd / "audit" / "report.json").read_bytes()
+    out = rd.parent / "latency_report"
+    args = ["audit", "--run_dir", str(rd), "--data.num_references", "2", "--model.width", "0.5", *QUIET,
+            "--latencies", "[1, 2]", "--attacks", "[attack_p, rmia_offline]", "--report_dir", str(out)]
+    assert run.main(args) == 0
+    assert (rd / "audit" / "report.json").read_bytes() == own
+    report = json.loads((out / "report.json").read_text())
+    assert {"rmia_offline@T1", "rmia_offline@T2"} <= set(report["attacks"]) and (out / "latency.png").is_file()
+    assert str(out / "report.md") in capsys.readouterr().err
+
+    (rd.parent / "a_file").write_text("x")
+    for bad, why in ((rd.parent / "a_file", "is a file"), (rd, "mix the report")):
+        assert run.main(args[:-1] + [str(bad)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "report_dir" in err and why in err, err
+    assert (rd.parent / "a_file").read_text() == "x"
