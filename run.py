@@ -25,7 +25,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.trainer.states import TrainerStatus
 
@@ -113,6 +113,23 @@ def _check_resumable(path: Path, index: int) -> None:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise ConfigError(f"checkpoint {path} cannot be resumed ({first}); delete it to retrain model_{index} "
                           "from scratch") from None
+
+
+class OneLineErrorParser(LightningArgumentParser):
+    """A bad flag or config value (a wrong type, an unknown key) ends in one line,
+    `error: <what jsonargparse said>`, and exit status 2, as ConfigError does; not in
+    jsonargparse's usage block. `--help` still prints the full usage."""
+
+    MAX_CHARS = 600  # a Union's message lists every alternative; the start names the key
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error:
+            return super().error(message, ex)
+        text = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+        if len(text) > self.MAX_CHARS:
+            text = text[: self.MAX_CHARS - 3] + "..."
+        sys.stderr.write(f"error: {text} (see --help)\n")
+        self.exit(2)
 
 
 class AuditCLI(LightningCLI):
@@ -286,6 +303,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> AuditCLI:
         Classifier,
         MembershipDataModule,
         trainer_class=AuditTrainer,
+        parser_class=OneLineErrorParser,
         subclass_mode_model=False,
         subclass_mode_data=False,
         seed_everything_default=0,

@@ -52,6 +52,23 @@ def test_bad_values_end_in_one_line_naming_the_key(tmp_path, capsys, flags, key)
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("flags, key", [
+    (["--model.convert_v_init", "abc"], "model.convert_v_init"),
+    (["--trainer.max_epochs", "x"], "trainer.max_epochs"),
+    (["--model.bogus", "1"], "--model.bogus"),
+    (["--config", "no_such_file.yaml"], "no_such_file.yaml"),
+])
+def test_parser_errors_are_one_line_too(tmp_path, capsys, flags, key):
+    """Type errors, unknown keys and missing config files come from jsonargparse, not from
+    ConfigError: they end in one line as well, not in its usage block."""
+    with pytest.raises(SystemExit) as stop:
+        run.main(["fit", "--run_dir", str(tmp_path / "r"), *flags])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and key in err[0], err
+    assert not (tmp_path / "r").exists()
+
+
 def test_missing_dataset_files(tmp_path, capsys, fast_trainer_args):
     args = ["fit", "--run_dir", str(tmp_path / "r"), "--data.dataset", "mnist", "--data.root", str(tmp_path / "none"),
             *fast_trainer_args]
