@@ -63,7 +63,7 @@ def check_audit(run_dir, target_index: int, *, queries=("plain",), latencies=Non
         rd = Path(report_dir)
         if rd.exists() and not rd.is_dir():
             raise ConfigError(f"report_dir={str(report_dir)!r} is a file; expected a folder (made if missing)")
-        if rd.resolve() == (Path(run_dir) / f"model_{target_index}").resolve() or rd.resolve() == Path(run_dir).resolve():
+        if rd.resolve() in (Path(run_dir).resolve(), (Path(run_dir) / f"model_{target_index}").resolve()):
             raise ConfigError(f"report_dir={str(report_dir)!r} would mix the report with the run's own files; "
                               f"expected a folder of its own, e.g. {Path(run_dir) / 'audit_latency'}")
     return strategies, names, done, trained_T

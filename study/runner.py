@@ -188,15 +188,19 @@ def main_attack_names(reports: dict[str, dict]) -> list[str]:
     return names
 
 
+def _refs_text(e: dict) -> str:
+    """', refs kind=ann' for an entry with --references overrides, '' otherwise."""
+    refs = e.get("references")
+    return ", refs " + " ".join(f"{k}={v}" for k, v in refs.items()) if refs else ""
+
+
 def _label(e: dict) -> str:
     t = e["target"]
     kind = t.get("kind", "?")
     text = f"{kind}{' converted' if e['converted'] else ''}"
     if kind == "snn" and t.get("T") is not None:
         text += f" T={t['T']}"
-    if e.get("references"):
-        text += ", refs " + " ".join(f"{k}={v}" for k, v in e["references"].items())
-    return text
+    return text + _refs_text(e)
 
 
 def markdown(study: dict) -> str:
@@ -271,8 +275,7 @@ def plot_leakage_vs_T(study: dict, path: Path) -> None:
                     if m is None or metric not in m:
                         continue
                     t = e["target"]
-                    refs = e.get("references")
-                    refs = f", refs {' '.join(f'{k}={v}' for k, v in refs.items())}" if refs else ""
+                    refs = _refs_text(e)
                     if t.get("kind") == "ann":
                         ax.axhline(m[metric], color=color, linestyle=":", linewidth=1.4, label=f"{base} ANN{refs}")
                     elif t.get("T") is not None:
