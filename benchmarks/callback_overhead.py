@@ -21,16 +21,16 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run.py lives at the repo root
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the packages live at the repo root
 
 import lightning as L
 import torch
 
-import run
 from callbacks import MembershipAttack
 from datamodules import MembershipDataModule
 from lightning_modules import Classifier
 from lightning_modules.networks import keep_large_tensors_in_heap
+from training.cli import run_cli
 
 SETTINGS = {
     # name: (data kwargs, model kwargs)
@@ -48,7 +48,7 @@ def _references(rd: Path, data: dict, model: dict) -> None:
         args = ["fit", "--run_dir", str(rd), "--data.model_index", str(k), "--trainer.max_epochs", "1",
                 "--trainer.max_steps", "1", "--trainer.limit_val_batches", "2",
                 "--trainer.enable_progress_bar", "false", "--trainer.callbacks", "[]", *flags]
-        assert run.main(args) == 0
+        assert run_cli(args) == 0
 
 
 def floor(model, loaders, passes: int) -> float:
@@ -103,12 +103,12 @@ def main(argv=None) -> None:
                 for _ in range(args.rounds):
                     t_floor.append(floor(model, loaders, 1))
                     start = time.perf_counter()
-                    cb.audit(dm, model)
+                    cb.audit_epoch(dm, model)
                     t_cb.append(time.perf_counter() - start)
                 f, c = statistics.median(t_floor), statistics.median(t_cb)
                 ratio = c / f
                 share = c / (t_epoch + c)
-                print(f"{name:<14} {cb.strategies[0].name:<22} {dm.membership.shape[1]:>6} "
+                print(f"{name:<14} {cb.settings.strategies[0].name:<22} {dm.membership.shape[1]:>6} "
                       f"{len(dm.population_indices):>5} {f:8.2f} {c:8.2f} {ratio:6.2f} {goal:6.2f} "
                       f"{'yes' if ratio <= goal else 'NO ':<3} {t_epoch:8.2f} {share:6.1%}")
 

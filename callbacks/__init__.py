@@ -1,4 +1,6 @@
-from .membership_attack import MembershipAttack
-from .scoring import ATTACKS
+"""Lightning callbacks. MembershipAttack audits the target at the end of validation epochs;
+the audit engine it drives lives in audit/."""
 
-__all__ = ["ATTACKS", "MembershipAttack"]
+from .membership_attack import MembershipAttack
+
+__all__ = ["MembershipAttack"]

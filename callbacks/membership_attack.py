@@ -13,106 +13,62 @@ At the end of fit it writes run_dir/audit/report.{json,md} and roc.png, prints t
 table, and logs the ROC curves to W&B when a WandbLogger is attached.
 
 Under DDP (trainer.world_size > 1) every rank queries its shard of the audit set and
-of the population (DistributedSampler); rank 0 gathers the shards, keeps each sample
-exactly once (the sampler pads by repeating samples), runs the attack math, writes the
-signal caches and the report, and broadcasts the epoch's numbers, which every rank then
-logs alike (no collective inside logging; metrics can be monitored on any rank).
+of the population; rank 0 gathers the shards, keeps each sample exactly once, runs the
+attack math, writes the signal caches and the report, and broadcasts the epoch's
+numbers, which every rank then logs alike (no collective inside logging).
+
+The audit itself is audit.Audit; the settings are audit.AuditSettings.
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import lightning as L
-import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-from attacks import parse_query
-from datamodules.errors import ConfigError, check_int
-
-from .cache import Ranks, cached_signals, compute_signals, finished_models, subset
-from .report import table, write_report
-from .scoring import ATTACKS, LOGGED, accuracies, check_attacks, evaluate, runnable, summary
-
-
-def setting_name(attack: str, strategy_name: str, latency: int | None = None) -> str:
-    parts = [p for p in (None if strategy_name == "plain" else strategy_name,
-                         None if latency is None else f"T{latency}") if p]
-    return f"{attack}@{','.join(parts)}" if parts else attack
+from audit import LOGGED, Audit, AuditSettings, model_facts
+from audit.distributed import Ranks
+from audit.scoring import setting_name, summary
+from audit.signals import compute_signals
+from core.errors import ConfigError, check_int
+from core.rundir import audit_dir
 
 
 class MembershipAttack(L.Callback):
-    def __init__(
-        self,
-        queries: list[str] = ["plain"],
-        attacks: list[str] = list(ATTACKS),
-        every_n_epochs: int = 1,
-        audit_subset: int | None = None,
-        subset_seed: int = 0,
-        query_seed: int = 0,
-        rmia_offline_a: float = 0.3,
-        rmia_gamma: float = 1.0,
-        rmia_per_query: bool = False,
-        lira_fix_variance: bool | None = None,
-        progress: bool = True,
-        report: bool = True,
-    ):
+    def __init__(self, every_n_epochs: int = 1, progress: bool = True, report: bool = True, **settings):
         """
         Args:
-            queries: query strategies: plain, flip, dropout:p=0.01,n=10[,per_timestep=true].
-            attacks: any of attack_p, attack_r, rmia_offline, rmia_online, lira_online,
-                lira_offline, reference_ratio (default: all).
             every_n_epochs: audit every n-th epoch (the last epoch is always audited).
-            audit_subset: audit a fixed random subset of this many audit samples (null: all).
-            subset_seed: seed of that subset.
-            query_seed: seed of the input-dropout masks (the same for every model).
-            rmia_offline_a: a of offline RMIA; rmia_gamma: its gamma;
-            rmia_per_query: score each query and average the scores (else average signals).
-            lira_fix_variance: one global sigma (null: on when fewer than 128 references).
             progress: progress bars for the query passes.
             report: write run_dir/audit/ at the end of fit.
+            settings: the audit settings (audit.AuditSettings): queries, attacks, query_seed,
+                audit_subset, subset_seed, rmia_offline_a, rmia_gamma, rmia_per_query,
+                lira_fix_variance.
         """
         super().__init__()
-        # Checked in setup(), not here: jsonargparse instantiates callbacks while it
-        # validates the config and would bury our one-line error in a page of its own.
-        self._args = dict(queries=list(queries), attacks=list(attacks), every_n_epochs=every_n_epochs,
-                          audit_subset=audit_subset, rmia_offline_a=rmia_offline_a, rmia_gamma=rmia_gamma)
+        # Checked in check() (run.py calls it before any training) and in setup(), not
+        # here: jsonargparse instantiates callbacks while it validates the config and would
+        # bury our one-line error in a page of its own.
+        self.settings = AuditSettings(**settings)
         self.every_n_epochs = every_n_epochs
-        self.audit_subset = audit_subset
-        self.subset_seed = subset_seed
-        self.query_seed = query_seed
-        self.score_kwargs = dict(rmia_offline_a=rmia_offline_a, rmia_gamma=rmia_gamma, rmia_per_query=rmia_per_query,
-                                 lira_fix_variance=lira_fix_variance)
         self.progress = progress
         self.report = report
         self.history: list[dict] = []
         self.last_metrics: dict | None = None
         self.cache_stats: dict[str, int] = {}
-        self._ready = False
+        self.audit: Audit | None = None
         self._bars = progress
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         self.check()
 
     def check(self) -> None:
-        """Validate the settings (ConfigError naming the key); run.py calls it before any training."""
-        a = self._args
-        try:
-            self.strategies = [parse_query(q) for q in a["queries"]]
-        except ValueError as err:
-            raise ConfigError(f"MembershipAttack queries={a['queries']!r}: {err}") from None
-        self.attacks = check_attacks(a["attacks"])
-        check_int("MembershipAttack every_n_epochs", a["every_n_epochs"], 1)
-        if a["audit_subset"] is not None:
-            check_int("MembershipAttack audit_subset", a["audit_subset"], 2)
-        if not 0.0 <= a["rmia_offline_a"] <= 1.0:
-            raise ConfigError(f"MembershipAttack rmia_offline_a={a['rmia_offline_a']!r} is not allowed; expected a number in [0, 1]")
-        if not a["rmia_gamma"] > 0:
-            raise ConfigError(f"MembershipAttack rmia_gamma={a['rmia_gamma']!r} is not allowed; expected a number > 0")
+        """Validate the settings (ConfigError naming the key)."""
+        self.settings.check("MembershipAttack ")
+        check_int("MembershipAttack every_n_epochs", self.every_n_epochs, 1)
 
     # -- preparation ----------------------------------------------------------------------
     def _active(self, trainer) -> bool:
+        """Only the target (model 0) is audited; references are trained plainly."""
         dm = trainer.datamodule
         return getattr(dm, "run_dir", None) is not None and getattr(dm, "index", None) == 0
 
@@ -121,36 +77,20 @@ class MembershipAttack(L.Callback):
         if not hasattr(dm, "membership"):
             raise ConfigError("MembershipAttack needs the MembershipDataModule (data: MembershipDataModule)")
         if not self._active(trainer):
-            return  # references are trained plainly; only the target (model 0) is audited
+            return
         # Query bars follow Lightning's: none when its progress bar is off (logs, CI).
         self._bars = self.progress and trainer.progress_bar_callback is not None
         self._prepare(dm, pl_module, Ranks.of(trainer))  # every rank: reference signals are queried sharded
 
     def _prepare(self, dm, pl_module, ranks: Ranks | None = None) -> None:
-        ranks = ranks or Ranks()
-        self.positions = dm.subset_positions(self.audit_subset, self.subset_seed)
-        self.is_member = dm.membership[0] if self.positions is None else dm.membership[0][self.positions]
-        # Rank 0's view of which references finished: every rank must query the same models.
-        self.refs = ranks.broadcast(finished_models(dm.run_dir, range(1, dm.num_references + 1)))
-        missing = sorted(set(range(1, dm.num_references + 1)) - set(self.refs))
-        self.ref_in = dm.membership[self.refs] if self.refs else None
-        if self.ref_in is not None and self.positions is not None:
-            self.ref_in = self.ref_in[:, self.positions]
-        self.runnable, skipped = runnable(self.attacks, self.ref_in, self.refs)
-        self.skipped = skipped
-        if skipped:
-            why = "; ".join(f"{n}: {r}" for n, r in skipped.items())
-            extra = f" (unfinished references: {missing})" if missing else ""
-            rank_zero_warn(f"MembershipAttack skips {len(skipped)} attack(s){extra}: {why}")
-        self.ref_signals: dict[str, list[dict]] = {}
-        for s in self.strategies:
-            sigs = []
-            for k in self.refs:
-                sig = cached_signals(dm.run_dir, k, dm, s, seed=self.query_seed, device=pl_module.device,
-                                     progress=self._bars, stats=self.cache_stats, ranks=ranks)
-                sigs.append(subset(sig, self.positions))
-            self.ref_signals[s.name] = sigs
-        self._ready = True
+        self.audit = Audit(dm, 0, self.settings, ranks)
+        if self.audit.skipped:
+            rank_zero_warn(f"MembershipAttack skips {self.audit.skip_message()}")
+        self.ref_signals = {}
+        for s in self.settings.strategies:
+            signals = self.audit.reference_signals(s, device=pl_module.device, progress=self._bars,
+                                                   stats=self.cache_stats, ranks=ranks)
+            self.ref_signals[s.name] = None if signals is None else signals[None]  # None: a rank other than 0
 
     # -- per epoch ------------------------------------------------------------------------
     def _due(self, trainer) -> bool:
@@ -162,9 +102,9 @@ class MembershipAttack(L.Callback):
         if trainer.sanity_checking or not self._active(trainer) or not self._due(trainer):
             return
         ranks = Ranks.of(trainer)  # every rank takes part: each queries its shard, rank 0 scores
-        if not self._ready:
+        if self.audit is None:
             self._prepare(trainer.datamodule, pl_module, ranks)
-        entry, metrics = self.audit(trainer.datamodule, pl_module, ranks)
+        entry, metrics = self.audit_epoch(trainer.datamodule, pl_module, ranks)
         entry = ranks.broadcast(entry)  # rank 0's numbers, for every rank's history and logs
         entry = {"epoch": trainer.current_epoch, **entry}
         self.history = [h for h in self.history if h["epoch"] != entry["epoch"]] + [entry]
@@ -176,42 +116,33 @@ class MembershipAttack(L.Callback):
         # equal values, exact, and keeps Lightning from asking for sync_dist on every key.
         pl_module.log_dict(logged, on_epoch=True, sync_dist=ranks.sharded, reduce_fx="max")
 
-    def audit(self, dm, model, ranks: Ranks | None = None) -> tuple[dict | None, dict | None]:
+    def audit_epoch(self, dm, model, ranks: Ranks | None = None) -> tuple[dict | None, dict | None]:
         """One audit of `model` (the live target): (history entry, metrics with curves).
         Under DDP every rank must call it; the other ranks than 0 get (None, None)."""
         ranks = ranks or Ranks()
         metrics, acc = {}, None
-        for s in self.strategies:
-            target = compute_signals(model, dm, s, seed=self.query_seed, device=model.device, progress=self._bars,
-                                     audit_positions=self.positions, ranks=ranks)
+        for s in self.settings.strategies:
+            target = compute_signals(model, dm, s, seed=self.settings.query_seed, device=model.device,
+                                     progress=self._bars, audit_positions=self.audit.positions, ranks=ranks)
             if target is None:  # a rank other than 0: its shard is gathered on rank 0
                 continue
             if acc is None:
-                acc = accuracies(target, self.is_member)
-            result = evaluate(self.runnable, target, self.ref_signals[s.name], self.ref_in, self.is_member,
-                              **self.score_kwargs)
+                acc = self.audit.accuracies(target)
+            result = self.audit.score(target, self.ref_signals[s.name])
             metrics.update({setting_name(n, s.name): m for n, m in result.items()})
         if not ranks.is_zero:
             return None, None
-        entry = {**acc, "attacks": {n: summary(m) for n, m in metrics.items()}}
-        return entry, metrics
+        return {**acc, "attacks": {n: summary(m) for n, m in metrics.items()}}, metrics
 
     # -- end of fit -----------------------------------------------------------------------
     def on_fit_end(self, trainer, pl_module) -> None:
         if not (self._active(trainer) and trainer.is_global_zero and self.last_metrics and self.report):
             return
-        dm = trainer.datamodule
         last = self.history[-1]
-        hp = pl_module.hparams
-        target = {"epoch": last["epoch"], "kind": hp.get("kind"), "arch": hp.get("arch"),
-                  "T": hp.get("T") if hp.get("kind") == "snn" else None,
-                  **{k: last[k] for k in ("train_acc", "test_acc", "acc_gap")}}
-        settings = {"plan": dm.plan.fingerprint, "references": self.refs, "queries": [s.name for s in self.strategies],
-                    "audit_samples": int(self.is_member.numel()), "population_samples": int(len(dm.population_indices)),
-                    "query_seed": self.query_seed, **{k: v for k, v in self.score_kwargs.items()}}
-        report = write_report(Path(dm.run_dir) / "audit", self.last_metrics, target=target, history=self.history,
-                              skipped=self.skipped, settings=settings, title=f"{target['kind']} {target['arch']}")
-        print("\n" + table(report) + f"\nreport: {Path(dm.run_dir) / 'audit' / 'report.md'}", file=sys.stderr)
+        report = self.audit.write_report(
+            audit_dir(trainer.datamodule.run_dir), self.last_metrics, facts=model_facts(pl_module.hparams),
+            epoch=last["epoch"], acc={k: last[k] for k in ("train_acc", "test_acc", "acc_gap")},
+            history=self.history, extra_settings={"signal_cache": dict(self.cache_stats)})
         log_roc_to_wandb(trainer, report)
 
     # -- resume ---------------------------------------------------------------------------

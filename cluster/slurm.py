@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = ROOT / "configs" / "default.yaml"  # what run.py reads first
 
 # run.py flags that may be passed through; the rest is set per job from the SLURM options.
 PASS_KEYS = ("config", "run_dir", "seed_everything", "references")
@@ -127,49 +126,16 @@ def check_passthrough(args: list[str]) -> None:
                              "--config, --run_dir, --data.*, --model.*, --trainer.*, --seed_everything, --references")
 
 
-def pairs(args: list[str]):
-    """(key, value) for each flag, as run.py's parser reads them: --key value or --key=value."""
-    i = 0
-    while i < len(args):
-        token = args[i]
-        if token.startswith("--") and "=" in token:
-            key, value = token[2:].split("=", 1)
-            i += 1
-        elif token.startswith("--"):
-            key, value = token[2:], args[i + 1] if i + 1 < len(args) else None
-            i += 2
-        else:
-            i += 1
-            continue
-        yield key, value
-
-
 def load_config(args: list[str]) -> dict:
-    """The few run.py settings the scripts need (run_dir, data.num_references, trainer.strategy, ...),
-    merged as run.py merges them: configs/default.yaml, each --config in order, then flags."""
-    import yaml
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
+    """run.py's configuration for these flags, resolved and checked by the same parser as
+    `run.py fit` (configs/default.yaml, each --config in order, then flags)."""
+    from core.errors import ConfigError
+    from training.cli import parse_config
 
-    cfg = OmegaConf.load(DEFAULT_CONFIG)
-    for key, value in pairs(args):
-        if value is None:
-            raise SlurmError(f"--{key} is given no value; allowed: --{key} VALUE")
-        try:
-            if key == "config":
-                if not Path(value).is_file():
-                    raise SlurmError(f"--config {value}: no such file; allowed: a run.py config such as "
-                                     "configs/default.yaml")
-                cfg = OmegaConf.merge(cfg, OmegaConf.load(value))
-            elif not key.endswith("+"):
-                OmegaConf.update(cfg, key, yaml.safe_load(value), force_add=True)
-        except (yaml.YAMLError, OmegaConfBaseException) as err:
-            why = " ".join(str(err).split())
-            raise SlurmError(f"--{key} {value!r} cannot be read ({why}); allowed: a YAML value or file") from None
     try:
-        return OmegaConf.to_container(cfg, resolve=True)
-    except OmegaConfBaseException as err:
-        raise SlurmError(f"the run.py config cannot be resolved ({' '.join(str(err).split())})") from None
+        return parse_config(list(args))
+    except ConfigError as err:
+        raise SlurmError(str(err)) from None
 
 
 def study(args: list[str]) -> tuple[str, int, dict]:
@@ -406,6 +372,8 @@ def submit_main(argv: list[str]) -> int:
     except SlurmError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except SystemExit as err:  # run.py's parser printed its one-line error
+        return err.code if isinstance(err.code, int) else 2
     if not (flags.out or flags.submit):
         for name, text in scripts.items():
             print(f"# ==> {name} <==\n{text}")

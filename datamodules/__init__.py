@@ -1,8 +1,7 @@
 from .datasets import DATASETS, load_pool
-from .errors import ConfigError
 from .plan import Plan, load_or_create_plan, load_plan, make_plan, save_plan
 
-__all__ = ["DATASETS", "ConfigError", "MembershipDataModule", "Plan", "load_or_create_plan", "load_plan",
+__all__ = ["DATASETS", "MembershipDataModule", "Plan", "load_or_create_plan", "load_plan",
            "load_pool", "make_plan", "save_plan"]
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ConfigError
+from core.errors import ConfigError
 
 # name -> (input shape, classes, normalisation mean, std, random crop+flip in training)
 DATASETS = {

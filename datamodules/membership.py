@@ -15,7 +15,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from .datasets import DATASETS, IndexedImages, Pool, crop_flip, load_pool
-from .errors import ConfigError, check_choice, check_int
+from core.errors import ConfigError, check_choice, check_int
+from core.rundir import check_trained_on
 from .plan import Plan, load_or_create_plan
 
 
@@ -131,14 +132,9 @@ class MembershipDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state: dict) -> None:
         """On resume: refuse a checkpoint trained on another plan or another model's split."""
-        if self.plan is None:
-            return
-        if state.get("plan") != self.plan.fingerprint or state.get("model_index") != self.index:
-            raise ConfigError(
-                f"data.model_index={self.index}: the checkpoint being resumed was trained on plan {state.get('plan')} "
-                f"as model {state.get('model_index')}, not on this run's plan {self.plan.fingerprint}; "
-                "use a new --run_dir or the original settings"
-            )
+        if self.plan is not None:
+            check_trained_on(state, self.plan.fingerprint, self.index,
+                             f"data.model_index={self.index}: the checkpoint being resumed")
 
     def subset_positions(self, size: int | None, seed: int = 0) -> torch.Tensor | None:
         """A fixed random subset of audit positions (sorted), or None for all."""

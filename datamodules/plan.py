@@ -1,4 +1,4 @@
-"""The membership plan (design.md, "The membership plan"): which audit sample is in
+"""The membership plan (docs/design.md, "The membership plan"): which audit sample is in
 which model's training set, drawn once and persisted with a fingerprint.
 
 Layout on disk (inside the run directory):
@@ -10,13 +10,13 @@ Layout on disk (inside the run directory):
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .errors import ConfigError
+from core.errors import ConfigError
+from core.rundir import atomic_write
 
 PLAN_VERSION = 1
 
@@ -85,20 +85,14 @@ def make_plan(dataset: str, pool_size: int, num_references: int, seed: int,
     return Plan(torch.stack(rows), audit_indices, population_indices, fingerprint)
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save_plan(plan: Plan, run_dir: str | Path) -> None:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tensors = {"membership": plan.membership, "audit_indices": plan.audit_indices,
                "population_indices": plan.population_indices}
-    _atomic_write(run_dir / "plan.pt", lambda p: torch.save(tensors, p))
+    atomic_write(run_dir / "plan.pt", lambda p: torch.save(tensors, p))
     # plan.json is written last: its presence marks a complete plan.
-    _atomic_write(run_dir / "plan.json", lambda p: p.write_text(json.dumps(plan.fingerprint, indent=2) + "\n"))
+    atomic_write(run_dir / "plan.json", lambda p: p.write_text(json.dumps(plan.fingerprint, indent=2) + "\n"))
 
 
 def load_plan(run_dir: str | Path) -> Plan | None:

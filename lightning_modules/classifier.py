@@ -9,7 +9,9 @@ the logits are the readout averaged over the T steps, and `forward_steps` gives 
 
 from __future__ import annotations
 
+import inspect
 import itertools
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -18,7 +20,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from spikingjelly.activation_based import functional, layer
 from torchmetrics.classification import MulticlassAccuracy
 
-from datamodules.errors import ConfigError, check_choice, check_int
+from core.errors import ConfigError, check_choice, check_int, first_line
+from core.rundir import read_checkpoint
 from .conversion import INITS, check_convert_mode, initialise
 from .networks import ARCHS, NEURONS, SURROGATES, Normalize, build_network
 
@@ -131,6 +134,27 @@ class Classifier(L.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    # -- rebuilding from a checkpoint ---------------------------------------------------
+    @classmethod
+    def rebuild(cls, hparams: dict, state: dict, label: str = "checkpoint") -> "Classifier":
+        """The model that `hparams` describe, with `state` loaded, in eval mode: the one way a
+        Classifier is rebuilt from a checkpoint's contents (ConfigError naming `label`)."""
+        allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}  # not the CLI's _class_path etc.
+        try:
+            model = cls(**{k: v for k, v in hparams.items() if k in allowed})
+            model.load_state_dict(state)
+        except Exception as err:
+            raise ConfigError(f"{label} does not match its own hyper-parameters ({first_line(err)})") from None
+        return model.eval()
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, plan=None, index: int | None = None,
+                        **read_kwargs) -> tuple["Classifier", dict]:
+        """(model, the whole checkpoint) of a checkpoint of this tool, read by
+        core.rundir.read_checkpoint (weights only; checked against `plan` and `index`)."""
+        hparams, state, ckpt = read_checkpoint(path, plan, index, **read_kwargs)
+        return cls.rebuild(hparams, state, read_kwargs.get("label") or f"checkpoint {path}"), ckpt
 
     # -- forward ------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> torch.Tensor:

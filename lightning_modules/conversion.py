@@ -12,7 +12,7 @@ the same: neurons have no parameters). Unlike ann2snn's IFNode, which starts at 
 our neurons start at model.convert_v_init x theta (0.5 by default: the half-threshold
 start, without which a T = 1 conversion barely fires). The GraphModule itself is thrown away: the
 stored model must rebuild from hparams alone (Classifier.load_from_checkpoint, and
-callbacks/cache.py's weights_only load).
+Classifier.from_checkpoint's weights_only load).
 
 From a converted SNN (trained at T - 1): weights and thresholds are copied as they are.
 """
@@ -20,7 +20,6 @@ From a converted SNN (trained at T - 1): weights and thresholds are copied as th
 from __future__ import annotations
 
 import copy
-import inspect
 import itertools
 import re
 from pathlib import Path
@@ -29,7 +28,8 @@ import torch
 from torch import fx, nn
 from spikingjelly.activation_based import ann2snn, base, neuron
 
-from datamodules.errors import ConfigError
+from core.errors import ConfigError
+from core.rundir import checkpoint_path, read_checkpoint
 from .networks import ScaledIFNode
 
 INITS = ("scratch", "converted")
@@ -48,10 +48,10 @@ def check_convert_mode(mode) -> None:
 
 def source_path(init_from, index: int) -> Path:
     """init_from is a checkpoint file, or a run directory: then model `index`'s last
-    checkpoint in it (run_dir/model_<index>/checkpoints/last.ckpt, as callbacks/cache.py),
-    so that every reference model of an audit is converted from the ANN of its own split."""
+    checkpoint in it, so that every reference model of an audit is converted from the
+    ANN of its own split."""
     path = Path(init_from)
-    return path / f"model_{index}" / "checkpoints" / "last.ckpt" if path.is_dir() else path
+    return checkpoint_path(path, index) if path.is_dir() else path
 
 
 def load_source(path, hparams, datamodule=None) -> tuple[dict, dict]:
@@ -59,26 +59,12 @@ def load_source(path, hparams, datamodule=None) -> tuple[dict, dict]:
     model's hparams and (with a datamodule) its membership plan and split; every failure
     is a ConfigError naming model.init_from."""
     key = f"model.init_from={str(path)!r}"
-    if path is None or not Path(path).is_file():
-        raise ConfigError(f"{key}: no such file; expected a checkpoint (or a run directory) of a trained ANN, "
-                          f"or of a converted SNN at T - 1")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ConfigError(f"{key} is not a checkpoint loadable with weights_only=True ({first})") from None
-    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
-    if not isinstance(hp, dict) or not isinstance(state, dict):
-        raise ConfigError(f"{key} has no hyper_parameters / state_dict: not a checkpoint of this tool")
-    saved = ckpt.get("MembershipDataModule")
     plan = getattr(datamodule, "plan", None)
-    if plan is not None and isinstance(saved, dict):
-        # A model converted from an ANN that saw other members would leak them into the audit.
-        if saved.get("plan") != dict(plan.fingerprint) or saved.get("model_index") != datamodule.index:
-            raise ConfigError(f"{key} was trained as model {saved.get('model_index')} of plan {saved.get('plan')}; this "
-                              f"is model {datamodule.index} of plan {dict(plan.fingerprint)}: give the source run's "
-                              f"run_dir so that each model is converted from the one trained on its own split")
+    # A model converted from an ANN that saw other members would leak them into the audit.
+    hp, state, _ = read_checkpoint(
+        path, plan, getattr(datamodule, "index", None) if plan is not None else None, label=key,
+        hint="expected a checkpoint (or a run directory) of a trained ANN, or of a converted SNN at T - 1; "
+             "give the source run's run_dir so that each model is converted from the one trained on its own split")
     for name in MATCHING_HPARAMS:
         mine, theirs = hparams.get(name), hp.get(name)
         if name == "input_shape":
@@ -138,11 +124,7 @@ def initialise(model, loader, datamodule=None) -> str:
     if hp["kind"] == "snn":  # the T - 1 -> T chain: copy everything, thresholds included
         model.load_state_dict({**state, "init_done": torch.ones_like(own["init_done"])})
         return f"copied weights and thresholds from the T={hp.get('T')} SNN {path}"
-    from .classifier import Classifier  # the ANN, rebuilt from its own hparams
-
-    allowed = set(inspect.signature(Classifier.__init__).parameters) - {"self"}  # not the CLI's _class_path etc.
-    ann = Classifier(**{k: v for k, v in hp.items() if k in allowed})
-    ann.load_state_dict(state)
+    ann = type(model).rebuild(hp, state, f"model.init_from={str(path)!r}")  # the ANN, from its own hparams
     batches = calibration_batches(loader, ann.normalize, model.hparams.convert_batches)
     if not batches:
         raise ConfigError("model.init=converted needs training batches to calibrate thresholds; the train loader is empty")

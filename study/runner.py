@@ -1,6 +1,6 @@
-"""`python run.py study --config configs/study/digits.yml`: several run.py runs, one report.
+"""`python run.py study --config configs/study/digits.yaml`: several run.py runs, one report.
 
-A study YAML (see configs/study/*.yml):
+A study YAML (see configs/study/*.yaml):
 
     name: digits                       # optional label
     run_dir: runs/study_digits         # each entry trains into run_dir/<entry name>/
@@ -15,7 +15,8 @@ models are skipped, so a rerun trains nothing), a check that its plan.json equal
 entry's (same seed, K, population, audit set), then `run.py audit <base_args> <args> <audit_args>
 --run_dir run_dir/<name>` (signals come from the cache on a rerun). Then run_dir/study/ gets
 report.json (every entry's attacks, target, settings, curves), report.md (one row per entry),
-leakage_vs_T.png and roc_overlay.png. Exit codes: 0 done, 2 bad study file or flag (one line,
+leakage_vs_T.png, roc_overlay.png and auc_per_epoch.png. How each entry was made
+(init, references overrides) is read from its model_0/done.json. Exit codes: 0 done, 2 bad study file or flag (one line,
 nothing written), 1 a run failed or the plans differ (one line naming the entry).
 """
 
@@ -23,13 +24,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from core.rundir import atomic_write
 
 STUDY_KEYS = {"name", "run_dir", "base_args", "entries", "audit_args"}
 ENTRY_KEYS = {"name", "args"}
@@ -111,11 +113,11 @@ def load_study(path: str | Path, run_dir: str | None = None) -> dict:
 
 # -- running ----------------------------------------------------------------------------------
 def _run(step: str, entry: str, argv: list[str]) -> None:
-    import run
+    from training.cli import run_cli
 
     print(f"study: {entry}: run.py {step} {' '.join(argv)}", file=sys.stderr, flush=True)
     try:
-        code = run.main([step, *argv])
+        code = run_cli([step, *argv])
     except SystemExit as err:  # jsonargparse exits on a bad flag
         code = err.code if isinstance(err.code, int) else 1
     except Exception as err:  # noqa: BLE001 - one line naming the entry, not a traceback
@@ -142,42 +144,18 @@ def _report_of(entry_dir: Path, entry: str) -> dict:
         raise StudyFailure(f"entry {entry!r}: cannot read {path}: {err}") from None
 
 
-def _converted(args: list[str]) -> bool:
-    for i, a in enumerate(args):
-        if a == "--model.init=converted" or (a == "--model.init" and i + 1 < len(args) and args[i + 1] == "converted"):
-            return True
-    return False
+def _facts_of(entry_dir: Path, entry: str) -> dict:
+    """How the entry's target was made, as its done.json records it: init (scratch or
+    converted) and the references overrides of its run."""
+    from core.rundir import read_done
 
-
-def _references(args: list[str]) -> dict | None:
-    """The entry's --references overrides (the last one given), e.g. {'kind': 'ann'}; None if none."""
-    value = None
-    for i, a in enumerate(args):
-        if a.startswith("--references="):
-            value = a.partition("=")[2]
-        elif a == "--references" and i + 1 < len(args):
-            value = args[i + 1]
-    if value is None:
-        return None
     try:
-        parsed = yaml.safe_load(value)
-    except yaml.YAMLError:
-        return None  # run.py has refused it already
-    return parsed if isinstance(parsed, dict) and parsed else None
+        return read_done(entry_dir, 0)
+    except ValueError as err:
+        raise StudyFailure(f"entry {entry!r}: {err}") from None
 
 
 # -- the combined report ----------------------------------------------------------------------
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def main_attack_names(reports: dict[str, dict]) -> list[str]:
     """rmia_offline etc. and their @dropout variants, in MAIN_ATTACKS order, present in any entry."""
     present = {n for r in reports.values() for n in r.get("attacks", {})}
@@ -296,7 +274,7 @@ def plot_leakage_vs_T(study: dict, path: Path) -> None:
                 ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle(f"Study {study['name']}: leakage against T (ANN dotted)")
     fig.tight_layout()
-    _atomic(path, lambda p: fig.savefig(p, format="png", dpi=110, bbox_inches="tight"))
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
 
 
@@ -328,7 +306,7 @@ def plot_roc_overlay(study: dict, path: Path) -> None:
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
-    _atomic(path, lambda p: fig.savefig(p, format="png", dpi=120))
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=120))
     plt.close(fig)
 
 
@@ -354,11 +332,11 @@ def plot_epochs(study: dict, path: Path) -> None:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    _atomic(path, lambda p: fig.savefig(p, format="png", dpi=120))
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=120))
     plt.close(fig)
 
 
-def write_study_report(spec: dict, plan: dict, reports: dict[str, dict]) -> dict:
+def write_study_report(spec: dict, plan: dict, reports: dict[str, dict], facts: dict[str, dict]) -> dict:
     out = Path(spec["run_dir"]) / "study"
     args = {e["name"]: e["args"] for e in spec["entries"]}
     study = {
@@ -368,16 +346,16 @@ def write_study_report(spec: dict, plan: dict, reports: dict[str, dict]) -> dict
         "base_args": spec["base_args"],
         "audit_args": spec["audit_args"],
         "main_attacks": main_attack_names(reports),
-        "entries": {name: {"args": args[name], "converted": _converted(args[name]),
-                           "references": _references(spec["base_args"] + args[name]),
+        "entries": {name: {"args": args[name], "converted": facts[name].get("init") == "converted",
+                           "references": facts[name].get("references") or None,
                            "run_dir": str(Path(spec["run_dir"]) / name),
                            "target": r.get("target", {}), "attacks": r.get("attacks", {}),
                            "skipped": r.get("skipped", {}), "settings": r.get("settings", {}),
                            "curves": r.get("curves", {}), "history": r.get("history", [])}
                     for name, r in reports.items()},
     }
-    _atomic(out / "report.json", lambda p: p.write_text(json.dumps(study, indent=1) + "\n"))
-    _atomic(out / "report.md", lambda p: p.write_text(markdown(study)))
+    atomic_write(out / "report.json", lambda p: p.write_text(json.dumps(study, indent=1) + "\n"))
+    atomic_write(out / "report.md", lambda p: p.write_text(markdown(study)))
     plot_leakage_vs_T(study, out / "leakage_vs_T.png")
     plot_roc_overlay(study, out / "roc_overlay.png")
     plot_epochs(study, out / "auc_per_epoch.png")
@@ -400,7 +378,7 @@ def parser() -> argparse.ArgumentParser:
 
 def run_study(spec: dict) -> dict:
     root = Path(spec["run_dir"])
-    plan0, first, reports = None, None, {}
+    plan0, first, reports, facts = None, None, {}, {}
     for e in spec["entries"]:
         name = e["name"]
         argv = [*spec["base_args"], *e["args"], "--run_dir", str(root / name)]
@@ -415,7 +393,8 @@ def run_study(spec: dict) -> dict:
                                + "; every entry must use the same data settings")
         _run("audit", name, [*argv[:-2], *spec["audit_args"], "--run_dir", str(root / name)])
         reports[name] = _report_of(root / name, name)
-    return write_study_report(spec, plan0, reports)
+        facts[name] = _facts_of(root / name, name)
+    return write_study_report(spec, plan0, reports, facts)
 
 
 def study_main(argv: list[str]) -> int:

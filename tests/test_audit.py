@@ -9,9 +9,12 @@ import pytest
 import torch
 
 import run
-from callbacks import ATTACKS
-from callbacks.cache import cached_signals, load_checkpoint
-from datamodules import ConfigError, MembershipDataModule
+from audit import ATTACKS
+from audit.cache import cached_signals
+from core.errors import ConfigError
+from datamodules import MembershipDataModule
+from lightning_modules import Classifier
+from training.loggers import wandb_id
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
@@ -111,6 +114,7 @@ def _train_three(rd, *target_flags, ref_flags=("--model.kind", "ann", "--trainer
     return json.loads((rd / "audit" / "report.json").read_text())
 
 
+@pytest.mark.slow
 def test_overfitted_target_leaks_and_untrained_target_does_not(tmp_path):
     leaky = _train_three(tmp_path / "leaky", "--trainer.max_epochs", "40")
     assert leaky["target"]["train_acc"] > leaky["target"]["test_acc"]
@@ -150,8 +154,8 @@ def test_wandb_offline_writes_a_run_with_a_stable_id(tmp_path, monkeypatch):
     assert fit(rd, "--data.num_references", "0", "--trainer.max_epochs", "1", "--model.kind", "ann",
                "--trainer.logger", logger) == 0
     runs = list((rd / "model_0" / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1 and run.wandb_id(rd, 0) in runs[0].name
-    assert run.wandb_id(rd, 0) == run.wandb_id(str(rd), 0) != run.wandb_id(rd, 1)
+    assert len(runs) == 1 and wandb_id(rd, 0) in runs[0].name
+    assert wandb_id(rd, 0) == wandb_id(str(rd), 0) != wandb_id(rd, 1)
 
 
 def _done_run(tmp_path):
@@ -172,7 +176,7 @@ def test_missing_corrupt_or_foreign_reference_checkpoints_are_refused(tmp_path):
     # a pickle that would run code is not loaded (weights_only=True)
     torch.save({"hyper_parameters": {}, "state_dict": {}, "evil": argparse.Namespace(cmd="rm -rf ~")}, path)
     with pytest.raises(ConfigError, match="weights_only"):
-        load_checkpoint(path)
+        Classifier.from_checkpoint(path)
     path.unlink()
     with pytest.raises(ConfigError, match="missing"):
         cached_signals(rd, 1, dm, "plain")
@@ -180,9 +184,9 @@ def test_missing_corrupt_or_foreign_reference_checkpoints_are_refused(tmp_path):
     other = MembershipDataModule(num_references=2, seed=5, run_dir=None)
     other.setup()
     with pytest.raises(ConfigError, match="trained on plan"):
-        load_checkpoint(path, other.plan.fingerprint, 1)
+        Classifier.from_checkpoint(path, other.plan.fingerprint, 1)
     with pytest.raises(ConfigError, match="as model 1"):
-        load_checkpoint(path, dm.plan.fingerprint, 2)
+        Classifier.from_checkpoint(path, dm.plan.fingerprint, 2)
 
 
 @pytest.mark.parametrize("flag, value, key", [
@@ -217,7 +221,7 @@ def test_corrupt_last_checkpoint_stops_the_resume_with_one_line(tmp_path, capsys
 
 
 def test_which_attacks_run_with_which_references():
-    from callbacks.scoring import runnable
+    from audit.scoring import runnable
 
     ok, skipped = runnable(list(ATTACKS), None)
     assert ok == ["attack_p"] and len(skipped) == 6
@@ -230,7 +234,7 @@ def test_which_attacks_run_with_which_references():
 
 
 def test_roc_plot_shows_the_trained_latency_only():
-    from callbacks.report import ROC_CURVES_MAX, roc_selection
+    from audit.report import ROC_CURVES_MAX, roc_selection
 
     names = [f"{a}{s}" for s in ("", "@T1", "@dropout_p0.01_n4", "@dropout_p0.01_n4,T1") for a in ATTACKS]
     picked = roc_selection({n: {} for n in names})
@@ -256,3 +260,42 @@ def test_audit_report_dir_keeps_the_runs_own_report(small_run, capsys):
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert "report_dir" in err and why in err, err
     assert (rd.parent / "a_file").read_text() == "x"
+
+
+@pytest.fixture(scope="module")
+def ann_run(tmp_path_factory):
+    """A finished ANN target without references, 1 epoch: enough to be audited."""
+    rd = tmp_path_factory.mktemp("ann") / "run"
+    assert fit(rd, "--data.num_references", "0", "--trainer.max_epochs", "1", "--model.kind", "ann",
+               "--model.width", "0.25") == 0
+    return rd
+
+
+@pytest.mark.parametrize("flag, value, key", [
+    ("--rmia_offline_a", "2", "rmia_offline_a=2"),
+    ("--rmia_gamma", "-1", "rmia_gamma=-1"),
+    ("--audit_subset", "1", "audit_subset=1"),
+    ("--audit_subset", "0", "audit_subset=0"),
+    ("--audit_subset", "-5", "audit_subset=-5"),
+    ("--queries", "[]", "queries=[]"),
+    ("--queries", "[plain, plain]", "queries=['plain', 'plain']"),
+    ("--latencies", "[0]", "latencies=[0]"),
+    ("--attacks", "[nope]", "attacks=['nope']"),
+    ("--attacks", "[]", "attacks=[]"),
+    ("--query_seed", "-1", "query_seed=-1"),
+    ("--report_dir", "", "report_dir=''"),
+])
+def test_audit_refuses_each_bad_setting_in_one_line_before_any_query(ann_run, capsys, monkeypatch, flag, value, key):
+    import audit.signals
+
+    def no_query(*args, **kwargs):
+        raise AssertionError("a model was queried before the settings were checked")
+
+    monkeypatch.setattr(audit.signals, "query_split", no_query)
+    before = sorted(p.relative_to(ann_run) for p in ann_run.rglob("*"))
+    args = ["audit", "--run_dir", str(ann_run), "--data.num_references", "0", "--model.kind", "ann",
+            "--model.width", "0.25", *QUIET, flag, value]
+    assert run.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and key in err[-1] and "allowed" in err[-1], err[-1]
+    assert sorted(p.relative_to(ann_run) for p in ann_run.rglob("*")) == before

@@ -1,13 +1,13 @@
 """ANN-to-SNN conversion (model.init=converted): agreement with the ANN at large T,
 fine-tuning through Lightning, reload from hparams alone, the T - 1 -> T chain, bad inputs."""
 
-import inspect
 
 import lightning as L
 import pytest
 import torch
 
-from datamodules import ConfigError, MembershipDataModule
+from core.errors import ConfigError
+from datamodules import MembershipDataModule
 from lightning_modules import Classifier
 from lightning_modules.conversion import initialise
 from lightning_modules.networks import ScaledIFNode
@@ -98,12 +98,8 @@ def test_fit_converts_once_then_fine_tunes_and_reloads(trained_ann, tmp_path):
     assert thresholds != [1.0] * len(thresholds)
     with torch.no_grad():
         assert torch.equal(again(x[:32]), snn.eval()(x[:32]))
-    # the weights_only path of callbacks/cache.py: Classifier(**hparams) + load_state_dict
-    ckpt = torch.load(tmp_path / "snn.ckpt", weights_only=True)
-    allowed = set(inspect.signature(Classifier.__init__).parameters) - {"self"}
-    rebuilt = Classifier(**{k: v for k, v in ckpt["hyper_parameters"].items() if k in allowed})
-    rebuilt.load_state_dict(ckpt["state_dict"])
-    rebuilt.eval()
+    # the weights_only path the audit takes: Classifier.from_checkpoint (rebuilt from hparams)
+    rebuilt, _ = Classifier.from_checkpoint(tmp_path / "snn.ckpt")
     with torch.no_grad():
         assert torch.equal(rebuilt(x[:32]), again(x[:32]))
 

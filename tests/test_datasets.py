@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules import ConfigError, load_pool
+from core.errors import ConfigError
+from datamodules import load_pool
 from datamodules.datasets import DEBIAN_FASHION_MNIST
 
 

@@ -21,9 +21,10 @@ from torch.utils.data import DataLoader, Dataset
 
 import run
 from attacks import query_signals
-from callbacks.cache import Ranks, compute_signals, merge_shards, pack_shard, shard_loader
+from audit.distributed import Ranks, merge_shards, pack_shard, shard_loader
+from audit.signals import compute_signals
 
-ROOT = Path(run.ROOT)
+ROOT = Path(run.__file__).resolve().parent
 KEYS = ("probability", "rescaled_logit", "correct", "labels")
 
 

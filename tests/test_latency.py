@@ -9,8 +9,9 @@ from torch.utils.data import DataLoader, Dataset
 
 import run
 from attacks import input_dropout, query_signals, query_signals_by_latency, roc_metrics
-from callbacks.cache import compute_signals, compute_signals_by_latency, merge_shards, pack_shard, shard_loader
-from callbacks.scoring import ATTACKS, score_attacks
+from audit.distributed import merge_shards, pack_shard, shard_loader
+from audit.scoring import ATTACKS, score_attacks
+from audit.signals import compute_signals, compute_signals_by_latency
 from datamodules import MembershipDataModule
 from lightning_modules import Classifier
 

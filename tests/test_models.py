@@ -4,7 +4,7 @@ import lightning as L
 import pytest
 import torch
 
-from datamodules import ConfigError
+from core.errors import ConfigError
 from lightning_modules import ARCHS, Classifier
 
 

@@ -1,4 +1,4 @@
-"""The membership plan's invariants (design.md, "The membership plan")."""
+"""The membership plan's invariants (docs/design.md, "The membership plan")."""
 
 import json
 import subprocess
@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 
-from datamodules import ConfigError, MembershipDataModule, load_plan, make_plan, save_plan
+from core.errors import ConfigError
+from datamodules import MembershipDataModule, load_plan, make_plan, save_plan
 from datamodules.plan import load_or_create_plan, resolve_population
 
 SETTINGS = dict(dataset="digits", pool_size=1797, num_references=6, seed=3)

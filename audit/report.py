@@ -18,8 +18,8 @@ import re
 from pathlib import Path
 
 from attacks import downsample_roc, plot_roc
+from core.rundir import atomic_write
 
-from .cache import atomic_write
 from .scoring import summary
 
 LATENCY_METRICS = ("auc", "tpr@0.1%fpr")

@@ -1,25 +1,30 @@
-"""From cached signals to attack scores and metrics: the glue between the models'
-signals (callbacks/cache.py) and the pure math in attacks/."""
+"""From signals to attack scores and metrics: the glue between the models' signals
+(audit/signals.py, audit/cache.py) and the pure math in attacks/; and the one rule for
+which models serve as references."""
 
 from __future__ import annotations
 
 import torch
 
 from attacks import attack_p, attack_r, lira, reference_ratio, rmia, roc_metrics
+from core.rundir import finished_models
 
 ATTACKS = ("attack_p", "attack_r", "rmia_offline", "rmia_online", "lira_online", "lira_offline", "reference_ratio")
 SUMMARY = ("auc", "tpr@1%fpr", "tpr@0.1%fpr", "tpr@0.01%fpr", "tpr@0%fpr")
 LOGGED = ("auc", "tpr@1%fpr", "tpr@0.1%fpr", "tpr@0%fpr")
 
 
-def check_attacks(names) -> list[str]:
-    from datamodules.errors import ConfigError
+def setting_name(attack: str, strategy_name: str, latency: int | None = None) -> str:
+    """attack[@query][,T<t>]: the plain name for plain queries at the trained latency."""
+    parts = [p for p in (None if strategy_name == "plain" else strategy_name,
+                         None if latency is None else f"T{latency}") if p]
+    return f"{attack}@{','.join(parts)}" if parts else attack
 
-    names = list(names)
-    bad = [n for n in names if n not in ATTACKS]
-    if bad or not names:
-        raise ConfigError(f"attacks={names!r} is not allowed; choose from: {', '.join(ATTACKS)}")
-    return names
+
+def reference_indices(run_dir, num_references: int, target: int) -> list[int]:
+    """The references of target `target`: every other model of the run (0..K) that finished
+    training. With the paired plan each audit sample is IN for some of them and OUT for others."""
+    return finished_models(run_dir, [k for k in range(num_references + 1) if k != target])
 
 
 def runnable(names, ref_in: torch.Tensor | None, refs=()) -> tuple[list[str], dict[str, str]]:

@@ -1,0 +1,122 @@
+"""Per-model attack signals, computed once per (checkpoint, query strategy, latency, mask
+seed) and cached in the model's directory, whether the model serves as target or reference.
+
+    model_<k>/signals/<strategy>__T<t>__seed<s>.pt    tensors only (weights_only load)
+    model_<k>/signals/<strategy>__T<t>__seed<s>.json  checkpoint sha256, plan, sizes
+
+A cache entry is used only when its JSON matches the checkpoint's content hash, the
+plan's fingerprint, the strategy, the latency and the mask seed; anything else is
+recomputed. Signals, not logits, are kept (audit/signals.py): 9 MB per model at
+N = 60,000 and Q = 30, so a K = 64 study holds about 0.6 GB of attack inputs.
+
+A direct-encoded SNN's missing entries for several latencies are filled from one run
+at T = max(missing latencies), each under its own key.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from attacks import parse_query
+from core.errors import ConfigError, first_line
+from core.rundir import atomic_write, checkpoint_path, file_sha256, read_done, signals_dir, write_json
+from lightning_modules import Classifier
+
+from .distributed import Ranks
+from .signals import compute_signals, compute_signals_by_latency, one_pass_latencies, stored, with_probability
+
+
+def cache_key(strategy, T: int | None, seed: int) -> str:
+    return f"{parse_query(strategy).name}__T{T if T is not None else 'ann'}__seed{seed}"
+
+
+def cached_signals(run_dir, index: int, datamodule, strategy, *, seed: int = 0, T: int | None = None,
+                   device=None, progress: bool = False, stats: dict | None = None,
+                   ranks: Ranks | None = None) -> dict[str, torch.Tensor] | None:
+    """Signals of the finished model `index` for `strategy` at latency T (None: as
+    trained), from the cache when it is valid, else computed and cached.
+
+    Under DDP every rank must call it: rank 0 decides whether the cache is valid and reads
+    it; on a miss every rank queries its shard and rank 0 writes the entry, once and
+    atomically. Rank 0 gets the signals, the other ranks None."""
+    out = cached_signals_by_latency(run_dir, index, datamodule, strategy, [T], seed=seed, device=device,
+                                    progress=progress, stats=stats, ranks=ranks)
+    return None if out is None else out[T]
+
+
+def cached_signals_by_latency(run_dir, index: int, datamodule, strategy, latencies=(None,), *,
+                              seed: int = 0, device=None, progress: bool = False, stats: dict | None = None,
+                              ranks: Ranks | None = None) -> dict[int | None, dict[str, torch.Tensor]] | None:
+    """`cached_signals` at several latencies: {latency: signals} for each of `latencies`
+    (None: as trained; an ANN has no latency and gets its one entry under every key).
+
+    Every latency keeps its own cache entry (``cache_key(strategy, t, seed)``), so a later
+    request for one of them hits. The missing entries of a direct-encoded SNN are computed
+    from ONE run at T = max(missing latencies), read out after each t steps; a
+    Poisson-encoded SNN, or a single missing entry, runs once per latency. Under DDP every
+    rank must call it with the same arguments: rank 0 checks and reads the caches, every
+    rank queries its shard of what is missing, rank 0 merges and writes. Rank 0 gets the
+    signals, the other ranks None. `stats` counts one hit or miss per (model, latency) entry."""
+    ranks = ranks or Ranks()
+    ckpt = checkpoint_path(run_dir, index)
+    fingerprint = datamodule.plan.fingerprint
+    strategy = parse_query(strategy)
+    directory = signals_dir(run_dir, index)
+    done = read_done(run_dir, index)
+    latencies = list(dict.fromkeys(latencies)) or [None]
+    # The latency is part of the key: an ANN has none, an SNN runs at T (None: as trained).
+    effective = {lat: None if done.get("kind") == "ann" else (done.get("T") if lat is None else lat) for lat in latencies}
+    Ts = list(dict.fromkeys(effective.values()))
+    paths = {T: (directory / f"{cache_key(strategy, T, seed)}.pt", directory / f"{cache_key(strategy, T, seed)}.json")
+             for T in Ts}
+    found: dict[int | None, dict[str, torch.Tensor]] = {}
+    metas: dict[int | None, dict] = {}
+    error = None
+    if ranks.is_zero:
+        sha = file_sha256(ckpt) if ckpt.is_file() else None
+        for T in Ts:
+            data_path, meta_path = paths[T]
+            metas[T] = meta = {"checkpoint_sha256": sha, "plan": fingerprint, "strategy": strategy.name, "T": T,
+                               "seed": seed, "audit_size": int(datamodule.membership.shape[1]),
+                               "population_size": int(len(datamodule.population_indices))}
+            if not (meta_path.is_file() and data_path.is_file()):
+                continue
+            try:
+                same = json.loads(meta_path.read_text()) == meta
+            except Exception:
+                same = False
+            if same:
+                try:
+                    found[T] = torch.load(data_path, map_location="cpu", weights_only=True)
+                except Exception as err:
+                    error = f"signal cache {data_path} is corrupt ({first_line(err)}); delete it to recompute"
+                    break
+    # Rank 0's decision holds for every rank (a rank must not query alone, nor skip a query).
+    hits, error = ranks.broadcast(([T for T in Ts if T in found], error))
+    if error:
+        raise ConfigError(error)
+    if stats is not None and hits:
+        stats["hits"] = stats.get("hits", 0) + len(hits)
+    found = {T: with_probability(tensors) for T, tensors in found.items()}
+    missing = [T for T in Ts if T not in hits]
+    if missing:
+        model, _ = Classifier.from_checkpoint(ckpt, fingerprint, index)
+        if len(missing) > 1 and one_pass_latencies(model):
+            computed = compute_signals_by_latency(model, datamodule, strategy, missing, seed=seed, device=device,
+                                                  progress=progress, ranks=ranks)
+        else:
+            computed = {T: compute_signals(model, datamodule, strategy, seed=seed, T=T, device=device,
+                                           progress=progress, ranks=ranks) for T in missing}
+        if ranks.is_zero:
+            for T in missing:
+                data_path, meta_path = paths[T]
+                atomic_write(data_path, lambda p, t=computed[T]: torch.save(stored(t), p))
+                write_json(meta_path, metas[T])  # written last: its presence marks a complete entry
+            found.update(computed)
+        if stats is not None:
+            stats["misses"] = stats.get("misses", 0) + len(missing)
+    if not ranks.is_zero:
+        return None
+    return {lat: found[T] for lat, T in effective.items()}

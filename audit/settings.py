@@ -1,0 +1,111 @@
+"""The audit's settings, declared once: the training callback (`MembershipAttack`) and
+`run.py audit` take them as keyword arguments and build these objects, the study runner
+and `submit` pass them through, and `check()` validates every value before any model is
+loaded or queried (a ConfigError naming the key: one line, exit 2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from attacks import parse_query
+from core.errors import ConfigError, check_int, check_number
+
+from .scoring import ATTACKS
+
+
+@dataclass
+class AuditSettings:
+    """How the target is attacked.
+
+    Args:
+        queries: query strategies: plain, flip, "dropout:p=0.01,n=10", "dropout:p=0.01,n=10,per_timestep=true".
+        attacks: any of attack_p, attack_r, rmia_offline, rmia_online, lira_online, lira_offline,
+            reference_ratio (default: all).
+        query_seed: seed of the input-dropout masks (the same for every model).
+        audit_subset: audit a fixed random subset of this many audit samples (null: all).
+        subset_seed: seed of that subset.
+        rmia_offline_a: a of offline RMIA, in [0, 1].
+        rmia_gamma: gamma of RMIA, > 0.
+        rmia_per_query: RMIA scores each query and averages the scores (else it averages the signals).
+        lira_fix_variance: one global sigma for LiRA (null: on when there are fewer than 128 references).
+    """
+
+    queries: list[str] = field(default_factory=lambda: ["plain"])
+    attacks: list[str] = field(default_factory=lambda: list(ATTACKS))
+    query_seed: int = 0
+    audit_subset: int | None = None
+    subset_seed: int = 0
+    rmia_offline_a: float = 0.3
+    rmia_gamma: float = 1.0
+    rmia_per_query: bool = False
+    lira_fix_variance: bool | None = None
+
+    def check(self, where: str = "") -> "AuditSettings":
+        """Validate every value (ConfigError naming `where` + the key); returns self."""
+        if not isinstance(self.queries, (list, tuple)) or not self.queries:
+            raise ConfigError(f"{where}queries={self.queries!r} is not allowed; expected a non-empty list such as "
+                              "[plain, 'dropout:p=0.01,n=10']")
+        try:
+            names = [parse_query(q).name for q in self.queries]
+        except ValueError as err:
+            raise ConfigError(f"{where}queries={list(self.queries)!r}: {err}") from None
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{where}queries={list(self.queries)!r} is not allowed; a query strategy is listed twice")
+        attacks = list(self.attacks) if isinstance(self.attacks, (list, tuple)) else None
+        if not attacks or any(a not in ATTACKS for a in attacks) or len(set(attacks)) != len(attacks):
+            raise ConfigError(f"{where}attacks={self.attacks!r} is not allowed; choose a non-empty list, each once, "
+                              f"from: {', '.join(ATTACKS)}")
+        check_int(f"{where}query_seed", self.query_seed, 0)
+        if self.audit_subset is not None:
+            check_int(f"{where}audit_subset", self.audit_subset, 2, what=" or null (all audit samples)")
+        check_int(f"{where}subset_seed", self.subset_seed, 0)
+        check_number(f"{where}rmia_offline_a", self.rmia_offline_a, 0.0, 1.0)
+        check_number(f"{where}rmia_gamma", self.rmia_gamma, 0.0, low_open=True)
+        for key in ("rmia_per_query",) + (("lira_fix_variance",) if self.lira_fix_variance is not None else ()):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"{where}{key}={getattr(self, key)!r} is not allowed; expected true or false")
+        return self
+
+    @property
+    def strategies(self) -> list:
+        return [parse_query(q) for q in self.queries]
+
+    @property
+    def score_kwargs(self) -> dict:
+        """The attack options as audit.scoring.score_attacks takes them."""
+        return dict(rmia_offline_a=self.rmia_offline_a, rmia_gamma=self.rmia_gamma,
+                    rmia_per_query=self.rmia_per_query, lira_fix_variance=self.lira_fix_variance)
+
+    def describe(self) -> dict:
+        """The settings as the report records them."""
+        return {"queries": [s.name for s in self.strategies], "query_seed": self.query_seed,
+                "audit_subset": self.audit_subset, **self.score_kwargs}
+
+
+def check_latencies(latencies, trained_T: int | None, index: int) -> list[int] | None:
+    """`run.py audit --latencies`: None, or a non-empty list of integers >= 1, for an SNN only."""
+    if latencies is None:
+        return None
+    if not isinstance(latencies, (list, tuple)) or not latencies \
+            or any(isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in latencies):
+        raise ConfigError(f"latencies={latencies!r} is not allowed; expected null or a non-empty list of integers >= 1")
+    if trained_T is None:
+        raise ConfigError(f"latencies={list(latencies)!r}: model {index} is an ANN; latencies apply to SNNs only")
+    return list(latencies)
+
+
+def check_report_dir(report_dir, run_dir, index: int) -> Path | None:
+    """`run.py audit --report_dir`: a folder of its own (made if missing), never a file and
+    never one of the run's own folders."""
+    if report_dir is None:
+        return None
+    rd = Path(report_dir)
+    if str(report_dir).strip() == "":
+        raise ConfigError("report_dir='' is not allowed; expected a folder path (made if missing) or null")
+    if rd.exists() and not rd.is_dir():
+        raise ConfigError(f"report_dir={str(report_dir)!r} is a file; expected a folder (made if missing)")
+    if rd.resolve() in (Path(run_dir).resolve(), (Path(run_dir) / f"model_{index}").resolve()):
+        raise ConfigError(f"report_dir={str(report_dir)!r} would mix the report with the run's own files; "
+                          f"expected a folder of its own, e.g. {Path(run_dir) / 'audit_latency'}")
+    return rd

@@ -1,0 +1,61 @@
+"""Every config a user can pass, loaded by what reads it. The folder says what a file
+configures (no file-name trick): configs/*.yaml, configs/paper/ and configs/trainer/ are
+run.py configs, configs/study/ study files, configs/slurm/ `run.py submit` options."""
+
+from pathlib import Path
+
+import pytest
+
+from cluster.slurm import SlurmOptions, options_from, parser as submit_parser
+from study import load_study
+from training.cli import ROOT, cli_main, parse_config
+
+CONFIGS = ROOT / "configs"
+KINDS = {".": "run", "paper": "run", "trainer": "run", "study": "study", "slurm": "slurm"}
+
+
+def configs(kind: str) -> list[Path]:
+    return sorted(p for p in CONFIGS.rglob("*") if p.is_file()
+                  and KINDS.get(p.parent.relative_to(CONFIGS).as_posix()) == kind)
+
+
+def ids(path: Path) -> str:
+    return path.relative_to(CONFIGS).as_posix()
+
+
+def test_every_file_under_configs_is_a_yaml_file_of_a_known_kind():
+    for p in CONFIGS.rglob("*"):
+        if p.is_file():
+            assert p.suffix == ".yaml", p
+            assert p.parent.relative_to(CONFIGS).as_posix() in KINDS, f"{p}: a folder no test loads"
+    assert configs("run") and configs("study") and configs("slurm")
+
+
+def test_every_config_begins_with_the_command_that_runs_it():
+    for p in CONFIGS.rglob("*.yaml"):
+        first = p.read_text().splitlines()[0]
+        assert first.startswith("# ") and "python run.py" in first, f"{p}: {first!r}"
+
+
+@pytest.mark.parametrize("config", configs("run"), ids=ids)
+def test_every_run_config_parses_and_instantiates(tmp_path, config):
+    cli = cli_main(["--config", str(config), "--run_dir", str(tmp_path), "--trainer.accelerator", "cpu"], run=False)
+    assert cli.model.hparams.num_classes == cli.datamodule.num_classes
+    assert tuple(cli.model.hparams.input_shape) == tuple(cli.datamodule.input_shape)
+
+
+@pytest.mark.parametrize("config", configs("study"), ids=ids)
+def test_every_study_config_and_each_of_its_entries_parse(tmp_path, config):
+    spec = load_study(config, run_dir=str(tmp_path))
+    assert spec["entries"] and all("${run_dir}" not in a for e in spec["entries"] for a in e["args"])
+    for e in spec["entries"]:  # each entry's flags, as `run.py fit` parses and checks them
+        cfg = parse_config([*spec["base_args"], *e["args"], "--run_dir", str(tmp_path / e["name"]),
+                            "--trainer.accelerator", "cpu"])
+        assert cfg["run_dir"] == str(tmp_path / e["name"])
+
+
+@pytest.mark.parametrize("config", configs("slurm"), ids=ids)
+def test_every_slurm_config_gives_valid_options(config):
+    flags = submit_parser().parse_args(["--slurm_config", str(config)])
+    assert isinstance(options_from(flags), SlurmOptions)
+

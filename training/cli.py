@@ -1,0 +1,221 @@
+"""The command line of `run.py` (fit, validate, test, audit): a LightningCLI that reads
+configs/default.yaml first, then each --config, then flags (omegaconf mode, so ${...}
+interpolation works), and routes each subcommand. `parse_config` gives the same
+resolved configuration to `run.py study` and `run.py submit` without running anything.
+
+Errors a user can cause end in one line and exit 2: a ConfigError from our checks
+(`run_cli`), or a jsonargparse error (`OneLineErrorParser`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from audit import AuditSettings
+from audit.offline import AuditRun, check_audit, run_audit
+from callbacks import MembershipAttack
+from core.errors import ConfigError
+from core.rundir import checkpoint_path, model_dir
+from datamodules import MembershipDataModule
+from lightning_modules import Classifier
+
+from .fit import checkpoint_callback, fit_run, fresh_trainer_kwargs
+from .loggers import ConfigToLoggers, make_logger
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = ROOT / "configs" / "default.yaml"
+SUBCOMMANDS = ("fit", "validate", "test", "audit")
+# Classifier arguments that come from the data module, not from a user.
+LINKED = ("num_classes", "input_shape", "normalization")
+
+
+class AuditTrainer(L.Trainer):
+    def audit(self, model: L.LightningModule, datamodule: L.LightningDataModule | None = None,
+              latencies: list[int] | None = None, report_dir: str | None = None, **settings) -> None:
+        """Attack finished checkpoints without training: one report row per attack x query x latency.
+
+        Args:
+            latencies: SNN inference latencies T' to audit (null: the trained T).
+            report_dir: where report.{md,json} and the plots go (null: run_dir/audit, which the
+                training callback also writes); the signal cache stays in run_dir.
+            settings: the audit settings (audit.AuditSettings).
+        """
+        AuditSettings(**settings)  # documents the flags for the parser; run through `python run.py audit`
+        raise NotImplementedError("run through `python run.py audit`")
+
+
+class OneLineErrorParser(LightningArgumentParser):
+    """A bad flag or config value (a wrong type, an unknown key) ends in one line,
+    `error: <what jsonargparse said>`, and exit status 2, as ConfigError does; not in
+    jsonargparse's usage block. `--help` still prints the full usage."""
+
+    MAX_CHARS = 600  # a Union's message lists every alternative; the start names the key
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error:
+            return super().error(message, ex)
+        text = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+        if len(text) > self.MAX_CHARS:
+            text = text[: self.MAX_CHARS - 3] + "..."
+        sys.stderr.write(f"error: {text} (see --help)\n")
+        self.exit(2)
+
+
+def check_references(references) -> dict:
+    """--references: model settings that differ for the references (a mapping of Classifier keys)."""
+    if references is None:
+        return {}
+    allowed = set(inspect.signature(Classifier.__init__).parameters) - {"self", *LINKED}
+    bad = sorted(set(references) - allowed)
+    if bad:
+        raise ConfigError(f"references={dict(references)!r}: unknown model key(s) {bad}; allowed: {sorted(allowed)}")
+    return dict(references)
+
+
+class AuditCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {**LightningCLI.subcommands(), "audit": {"model", "datamodule"}}
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--run_dir", type=str, default="runs/default",
+                            help="Run directory: membership plan, one model_<k>/ per model, audit/ reports.")
+        parser.add_argument("--references", type=dict[str, Any] | None, default=None,
+                            help="Model settings that differ for the reference models, e.g. {kind: ann}.")
+        parser.link_arguments("run_dir", "data.run_dir")
+        for key in LINKED:
+            parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
+
+    @property
+    def _cfg(self):
+        return self.config[self.subcommand] if self.subcommand else self.config
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self._cfg
+        references = check_references(cfg.references)
+        index = cfg.data.model_index or 0
+        if index > 0:  # training one reference alone: apply its overrides
+            for k, v in references.items():
+                cfg.model[k] = v
+        # Model k is initialised with seed seed_everything + k: references are independent
+        # draws, and any model retrained alone gets the same initialisation.
+        if cfg.seed_everything is not False:
+            L.seed_everything(int(cfg.seed_everything) + index, workers=True, verbose=False)
+
+    def instantiate_trainer(self, **kwargs):
+        trainer_cfg = self._cfg.trainer
+        index = self.datamodule.index
+        if trainer_cfg.get("default_root_dir") is None:
+            kwargs["default_root_dir"] = str(model_dir(self._cfg.run_dir, index))
+        kwargs["logger"] = make_logger(trainer_cfg.get("logger"), self._cfg.run_dir, index)
+        configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+        configured = configured if isinstance(configured, list) else [configured]
+        kwargs["callbacks"] = [*configured, checkpoint_callback(self._cfg.run_dir, index)]
+        return super().instantiate_trainer(**kwargs)
+
+    def fit(self, model, datamodule, ckpt_path=None, **kwargs):
+        for cb in self.trainer.callbacks:
+            if isinstance(cb, MembershipAttack):
+                cb.check()  # a bad audit setting fails now, not after the references trained
+        fit_run(self.trainer, model, datamodule, self._cfg, ckpt_path)
+
+    def audit(self, model, datamodule, latencies=None, report_dir=None, **settings):
+        settings = AuditSettings(**settings)
+        # Every value is checked before any model is loaded or queried.
+        check_audit(self._cfg.run_dir, datamodule.index, settings, latencies, report_dir)
+        if self.trainer.global_rank == 0:
+            datamodule.prepare_data()  # the plan: written (or checked) once, read by every rank
+        kwargs = dict(latencies=latencies, report_dir=report_dir)
+        if self.trainer.world_size == 1:
+            datamodule.setup("audit")
+            run_audit(datamodule, settings, device=self.trainer.strategy.root_device, **kwargs)
+            return
+        # Distributed: Lightning launches the ranks at trainer.validate, each queries its
+        # shards, rank 0 reports. No loggers, callbacks or checkpoints: the audit writes
+        # its report itself.
+        trainer_kwargs = fresh_trainer_kwargs(self._cfg.trainer.as_dict())
+        trainer_kwargs.update(default_root_dir=str(model_dir(self._cfg.run_dir, datamodule.index)), logger=False,
+                              callbacks=[], enable_checkpointing=False, enable_model_summary=False,
+                              limit_val_batches=None, fast_dev_run=False)
+        trainer = L.Trainer(**trainer_kwargs)
+        trainer.validate(AuditRun(datamodule, settings, **kwargs), dataloaders=AuditRun.loader(trainer.world_size),
+                         verbose=False)
+
+    def _evaluate(self, fn, model, datamodule, ckpt_path=None, **kwargs):
+        if ckpt_path is None:
+            last = checkpoint_path(self._cfg.run_dir, self.datamodule.index)
+            if not last.exists():
+                raise ConfigError(f"run_dir={self._cfg.run_dir!r}: no checkpoint at {last}; "
+                                  "train it with `run.py fit` or pass --ckpt_path")
+            ckpt_path = str(last)
+        fn(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
+
+    def validate(self, model, datamodule, ckpt_path=None, **kwargs):
+        self._evaluate(self.trainer.validate, model, datamodule, ckpt_path, **kwargs)
+
+    def test(self, model, datamodule, ckpt_path=None, **kwargs):
+        self._evaluate(self.trainer.test, model, datamodule, ckpt_path, **kwargs)
+
+
+def cli_main(args: list[str] | None = None, run: bool = True, cli_class: type[AuditCLI] = AuditCLI) -> AuditCLI:
+    per_command = {"parser_mode": "omegaconf", "default_config_files": [str(DEFAULT_CONFIG)]}
+    return cli_class(
+        Classifier,
+        MembershipDataModule,
+        trainer_class=AuditTrainer,
+        parser_class=OneLineErrorParser,
+        subclass_mode_model=False,
+        subclass_mode_data=False,
+        seed_everything_default=0,
+        save_config_callback=ConfigToLoggers,
+        save_config_kwargs={"overwrite": True},
+        # Subcommand parsers take their own kwargs; without subcommands (run=False) the main one does.
+        parser_kwargs={sub: dict(per_command) for sub in SUBCOMMANDS} if run else per_command,
+        args=args,
+        run=run,
+        auto_configure_optimizers=False,
+    )
+
+
+def run_cli(args: list[str]) -> int:
+    """One of fit, validate, test, audit: 0 done, 2 a ConfigError (one line on stderr)."""
+    try:
+        cli_main(args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+class _ParseOnly(AuditCLI):
+    """The parser and checks of `run.py fit`, without training: the config is resolved and the
+    model, data module and callbacks are built (which checks every value), the trainer is not."""
+
+    def _parse_ckpt_path(self) -> None:
+        pass
+
+    def _set_seed(self) -> None:
+        pass
+
+    def instantiate_classes(self) -> None:
+        self.config_init = self.parser.instantiate_classes(self.config)
+        for cb in self._get(self.config_init, "trainer", default={}).get("callbacks") or []:
+            if isinstance(cb, MembershipAttack):
+                cb.check()
+
+    def after_instantiate_classes(self) -> None:
+        pass
+
+
+def parse_config(args: list[str]) -> dict:
+    """run.py's configuration for `args` (the flags of `run.py fit`), resolved by the same
+    parser as fit and checked: a dict with run_dir, data, model, trainer, references, ...
+    A bad value raises ConfigError (or exits 2 with one line, for a parser error)."""
+    cli = cli_main(args, run=False, cli_class=_ParseOnly)
+    return cli.config.as_dict()
