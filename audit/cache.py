@@ -5,8 +5,10 @@ seed) and cached in the model's directory, whether the model serves as target or
     model_<k>/signals/<strategy>__T<t>__seed<s>.json  checkpoint sha256, plan, sizes
 
 A cache entry is used only when its JSON matches the checkpoint's content hash, the
-plan's fingerprint, the strategy, the latency and the mask seed; anything else is
-recomputed. Signals, not logits, are kept (audit/signals.py): 9 MB per model at
+plan's fingerprint, the strategy, the latency and the mask seed, and its tensors match the
+hash recorded in the JSON and have the shapes and types the key implies; anything else is
+recomputed, with a warning when the entry was damaged. A checkpoint that no longer matches
+the hash its done.json recorded is an error, never audited. Signals, not logits, are kept (audit/signals.py): 9 MB per model at
 N = 60,000 and Q = 30, so a K = 64 study holds about 0.6 GB of attack inputs.
 
 A direct-encoded SNN's missing entries for several latencies are filled from one run
@@ -16,12 +18,14 @@ at T = max(missing latencies), each under its own key.
 from __future__ import annotations
 
 import json
+import warnings
 
 import torch
 
 from attacks import parse_query
 from core.errors import ConfigError, first_line
-from core.rundir import atomic_write, checkpoint_path, file_sha256, read_done, signals_dir, write_json
+from core.rundir import (atomic_write, checkpoint_path, file_sha256, read_done, signals_dir, tensors_sha256,
+                         verify_checkpoint, write_json)
 from lightning_modules import Classifier
 
 from .distributed import Ranks
@@ -75,8 +79,14 @@ def cached_signals_by_latency(run_dir, index: int, datamodule, strategy, latenci
     metas: dict[int | None, dict] = {}
     error = None
     if ranks.is_zero:
-        sha = file_sha256(ckpt) if ckpt.is_file() else None
-        for T in Ts:
+        sha = None
+        if ckpt.is_file():
+            try:  # the checkpoint the model finished with, not one changed since
+                verify_checkpoint(ckpt, f"checkpoint {ckpt}", done.get("checkpoint_sha256"))
+                sha = file_sha256(ckpt)
+            except ConfigError as err:
+                error = str(err)
+        for T in Ts if error is None else []:
             data_path, meta_path = paths[T]
             metas[T] = meta = {"checkpoint_sha256": sha, "plan": fingerprint, "strategy": strategy.name, "T": T,
                                "seed": seed, "audit_size": int(datamodule.membership.shape[1]),
@@ -84,15 +94,15 @@ def cached_signals_by_latency(run_dir, index: int, datamodule, strategy, latenci
             if not (meta_path.is_file() and data_path.is_file()):
                 continue
             try:
-                same = json.loads(meta_path.read_text()) == meta
+                key = json.loads(meta_path.read_text())
+                recorded = key.pop("tensors_sha256")
             except Exception:
-                same = False
-            if same:
-                try:
-                    found[T] = torch.load(data_path, map_location="cpu", weights_only=True)
-                except Exception as err:
-                    error = f"signal cache {data_path} is corrupt ({first_line(err)}); delete it to recompute"
-                    break
+                key, recorded = None, None
+            if key != meta:
+                continue  # another checkpoint, plan, strategy or seed: recomputed and replaced
+            found[T] = _valid_entry(data_path, recorded, strategy.num_queries, meta)
+            if found[T] is None:
+                del found[T]
     # Rank 0's decision holds for every rank (a rank must not query alone, nor skip a query).
     hits, error = ranks.broadcast(([T for T in Ts if T in found], error))
     if error:
@@ -112,11 +122,33 @@ def cached_signals_by_latency(run_dir, index: int, datamodule, strategy, latenci
         if ranks.is_zero:
             for T in missing:
                 data_path, meta_path = paths[T]
-                atomic_write(data_path, lambda p, t=computed[T]: torch.save(stored(t), p))
-                write_json(meta_path, metas[T])  # written last: its presence marks a complete entry
+                tensors = stored(computed[T])
+                atomic_write(data_path, lambda p, t=tensors: torch.save(t, p))
+                # written last: its presence marks a complete entry
+                write_json(meta_path, {**metas[T], "tensors_sha256": tensors_sha256(tensors)})
             found.update(computed)
         if stats is not None:
             stats["misses"] = stats.get("misses", 0) + len(missing)
     if not ranks.is_zero:
         return None
     return {lat: found[T] for lat, T in effective.items()}
+
+
+def _valid_entry(path, recorded_sha: str | None, num_queries: int, meta: dict) -> dict | None:
+    """The cached tensors, or None (with a warning) when the file cannot be read, does not match
+    the hash recorded with it, or lacks a key, a shape, a type or finite values."""
+    shapes = {"audit": (num_queries, meta["audit_size"]), "population": (num_queries, meta["population_size"])}
+    try:
+        tensors = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(tensors, dict) or tensors_sha256(tensors) != recorded_sha:
+            raise ValueError("its contents do not match the hash recorded when it was written")
+        for split, shape in shapes.items():
+            phi, correct = tensors[f"{split}/rescaled_logit"], tensors[f"{split}/correct"]
+            if tuple(phi.shape) != shape or tuple(correct.shape) != shape:
+                raise ValueError(f"{split} signals have shape {tuple(phi.shape)}, expected {shape}")
+            if phi.dtype != torch.float32 or correct.dtype != torch.bool or not bool(torch.isfinite(phi).all()):
+                raise ValueError(f"{split} signals are not finite float32 / bool")
+    except Exception as err:
+        warnings.warn(f"signal cache {path} is damaged ({first_line(err)}); recomputing it", stacklevel=3)
+        return None
+    return tensors

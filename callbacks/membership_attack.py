@@ -56,6 +56,7 @@ class MembershipAttack(L.Callback):
         self.last_metrics: dict | None = None
         self.cache_stats: dict[str, int] = {}
         self.audit: Audit | None = None
+        self._audited_this_fit = False
         self._bars = progress
 
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -65,6 +66,26 @@ class MembershipAttack(L.Callback):
         """Validate the settings (ConfigError naming the key)."""
         self.settings.check("MembershipAttack ")
         check_int("MembershipAttack every_n_epochs", self.every_n_epochs, 1)
+
+    def check_data(self, dm) -> None:
+        """Settings that depend on the plan, checked before any model trains: an audit subset
+        must hold members and non-members of the target (else no ROC can be drawn)."""
+        positions = dm.subset_positions(self.settings.audit_subset, self.settings.subset_seed)
+        if positions is None:
+            return
+        members = int(dm.membership[0][positions].sum())
+        if members == 0 or members == positions.numel():
+            raise ConfigError(f"MembershipAttack audit_subset={self.settings.audit_subset!r} draws "
+                              f"{'no members' if members == 0 else 'only members'} of the target (subset_seed="
+                              f"{self.settings.subset_seed}); expected a subset with members and non-members: "
+                              "a larger audit_subset (hundreds), or null for all")
+
+    def owed_files(self, trainer) -> list:
+        """What the target owes before it counts as finished: the report and its plot."""
+        if not (self.report and self._active(trainer)):
+            return []
+        out = audit_dir(trainer.datamodule.run_dir)
+        return [out / "report.json", out / "report.md", out / "roc.png"]
 
     # -- preparation ----------------------------------------------------------------------
     def _active(self, trainer) -> bool:
@@ -78,6 +99,7 @@ class MembershipAttack(L.Callback):
             raise ConfigError("MembershipAttack needs the MembershipDataModule (data: MembershipDataModule)")
         if not self._active(trainer):
             return
+        self._audited_this_fit = False
         # Query bars follow Lightning's: none when its progress bar is off (logs, CI).
         self._bars = self.progress and trainer.progress_bar_callback is not None
         self._prepare(dm, pl_module, Ranks.of(trainer))  # every rank: reference signals are queried sharded
@@ -109,6 +131,7 @@ class MembershipAttack(L.Callback):
         entry = {"epoch": trainer.current_epoch, **entry}
         self.history = [h for h in self.history if h["epoch"] != entry["epoch"]] + [entry]
         self.last_metrics = metrics  # with the ROC curves: rank 0 only (None elsewhere)
+        self._audited_this_fit = True
         logged = {f"audit/{k}": entry[k] for k in ("train_acc", "test_acc", "acc_gap")}
         for name, m in entry["attacks"].items():
             logged.update({f"attack/{name}/{k}": float(m[k]) for k in LOGGED})
@@ -136,13 +159,23 @@ class MembershipAttack(L.Callback):
 
     # -- end of fit -----------------------------------------------------------------------
     def on_fit_end(self, trainer, pl_module) -> None:
-        if not (self._active(trainer) and trainer.is_global_zero and self.last_metrics and self.report):
+        if not (self._active(trainer) and self.report and self.history):
+            return
+        ranks = Ranks.of(trainer)
+        if not self._audited_this_fit:
+            # A rerun after a kill between the last epoch and the report: training is complete,
+            # so no epoch runs; the last checkpoint holds the weights of the last audited
+            # epoch, and auditing them again gives that epoch's metrics, bit for bit.
+            if self.audit is None:
+                self._prepare(trainer.datamodule, pl_module, ranks)
+            _, self.last_metrics = self.audit_epoch(trainer.datamodule, pl_module, ranks)
+        if not trainer.is_global_zero:
             return
         last = self.history[-1]
         report = self.audit.write_report(
             audit_dir(trainer.datamodule.run_dir), self.last_metrics, facts=model_facts(pl_module.hparams),
             epoch=last["epoch"], acc={k: last[k] for k in ("train_acc", "test_acc", "acc_gap")},
-            history=self.history, extra_settings={"signal_cache": dict(self.cache_stats)})
+            history=self.history)
         log_roc_to_wandb(trainer, report)
 
     # -- resume ---------------------------------------------------------------------------

@@ -5,9 +5,11 @@ checkpoint or decides where a file of the run directory lives.
     run_dir/
       plan.json, plan.pt            the membership plan (datamodules/plan.py)
       model_<k>/                    model k: 0 is the target, 1..K the references
-        checkpoints/last.ckpt       Lightning checkpoint, overwritten at every epoch end
-        hpc_ckpt_*.ckpt             Lightning's SLURM requeue checkpoint (mid-epoch)
-        done.json                   written once training finished (see `write_done`)
+        checkpoints/last.ckpt       Lightning checkpoint, replaced atomically at every epoch end
+        checkpoints/last.ckpt.sha256  its hash (and the previous one's), checked when it is read
+        hpc_ckpt_*.ckpt             Lightning's SLURM requeue checkpoint (mid-epoch), removed when done
+        done.json                   written once training finished and all the model owes exists
+        .lock                       held (fcntl.flock) by the one process that trains this model
         signals/<key>.{pt,json}     cached attack signals (audit/cache.py)
         logs/                       CSV logs; wandb/ for W&B
       audit/                        report.json, report.md, roc.png (audit/report.py)
@@ -17,9 +19,12 @@ The layout is a public contract: docs/design.md, "Run directory".
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import socket
+import time
 from pathlib import Path
 
 from .errors import ConfigError, first_line
@@ -88,7 +93,121 @@ def file_sha256(path: Path) -> str:
     return _SHA_MEMO[key]
 
 
+def tensors_sha256(tensors: dict) -> str:
+    """SHA-256 of named tensors' contents (name, dtype, shape and bytes, in name order): the
+    same for the same values whatever file format or process wrote them."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes())  # bool, integer and float32/64 tensors: what plans and caches hold
+    return h.hexdigest()
+
+
+# -- one writer per model ---------------------------------------------------------------------
+class ModelLock:
+    """An exclusive lock on model_<k>/ for the process that trains it: fcntl.flock on
+    model_<k>/.lock, so the operating system releases it when the process dies, whatever
+    the way (kill -9 included). The file holds the holder's host and PID for the message a
+    second process gets; the file staying behind means nothing, only the flock counts."""
+
+    def __init__(self, run_dir: str | Path, index: int):
+        self.index = index
+        self.path = model_dir(run_dir, index) / ".lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> "ModelLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise ConfigError(f"model_{self.index} in {self.path.parent.parent} is being trained by {holder}; "
+                              "wait for it to finish, or stop it (one process per model)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"host {socket.gethostname()}, pid {os.getpid()}, since "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+class PlanLock:
+    """Serialises drawing or checking the membership plan of one run directory between
+    processes (a SLURM array's tasks start together): a blocking flock on run_dir/.plan.lock."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / ".plan.lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> "PlanLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
 # -- checkpoints ------------------------------------------------------------------------------
+def sidecar(path: Path) -> Path:
+    return Path(str(path) + ".sha256")
+
+
+def write_checkpoint_file(path: str | Path, write) -> None:
+    """Write a checkpoint atomically (`write(tmp)`, then rename) and record its hash next to it.
+    The sidecar is written before the rename and keeps the previous file's hash too, so a kill
+    between the two renames leaves a checkpoint that still verifies (the old one or the new)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        new = file_sha256(tmp)
+        previous = file_sha256(path) if path.is_file() else None
+        write_json(sidecar(path), {"sha256": new, "previous": previous})
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def verify_checkpoint(path: str | Path, label: str | None = None, expected: str | None = None,
+                      hint: str = "restore it, or delete the model's folder to retrain it") -> None:
+    """A checkpoint's bytes against the hash recorded when it was written (its .sha256 sidecar)
+    and, for a finished model, against done.json's (`expected`). A file without a sidecar was
+    not written by this tool's trainer (a --ckpt_path or init_from of the user's): only
+    `expected` applies. A mismatch is a one-line ConfigError naming the file."""
+    path = Path(path)
+    label = label or f"checkpoint {path}"
+    actual = file_sha256(path)
+    if expected is not None and actual != expected:
+        raise ConfigError(f"{label} does not match the hash recorded when its model finished ({expected[:12]}..., "
+                          f"file has {actual[:12]}...): it was changed or replaced; {hint}")
+    side = sidecar(path)
+    if not side.is_file():
+        return
+    try:
+        recorded = json.loads(side.read_text())
+        allowed = {recorded.get("sha256"), recorded.get("previous")} - {None}
+    except Exception as err:
+        raise ConfigError(f"{side} is corrupt ({first_line(err)}); restore it or delete the model's folder") from None
+    if actual not in allowed:
+        raise ConfigError(f"{label} does not match the hash recorded when it was written ({side}): it was changed, "
+                          f"truncated or replaced; {hint}")
+
+
 def check_trained_on(saved: dict | None, plan_fingerprint: dict, index: int | None, label: str,
                      hint: str = "use a new --run_dir or the original settings") -> None:
     """The one check that a model was trained on this plan as model `index`: `saved` is what
@@ -100,12 +219,13 @@ def check_trained_on(saved: dict | None, plan_fingerprint: dict, index: int | No
 
 
 def read_checkpoint(path: str | Path, plan=None, index: int | None = None, *, label: str | None = None,
-                    hint: str | None = None) -> tuple[dict, dict, dict]:
+                    hint: str | None = None, expected_sha256: str | None = None) -> tuple[dict, dict, dict]:
     """(hyper-parameters, state_dict, the whole checkpoint) of a Lightning checkpoint written
     by this tool, read with torch.load(weights_only=True): a shared reference pool must not
-    be able to run code. With `plan` (a Plan or its fingerprint dict) it must have been
-    trained on that plan, as model `index` when given. Every failure is one ConfigError
-    naming the file (`label`, default "checkpoint <path>") and what to do (`hint`)."""
+    be able to run code. Its bytes are checked against the hash recorded when it was written
+    (and `expected_sha256`, done.json's). With `plan` (a Plan or its fingerprint dict) it must
+    have been trained on that plan, as model `index` when given. Every failure is one
+    ConfigError naming the file (`label`, default "checkpoint <path>") and what to do (`hint`)."""
     import torch
 
     path = Path(path)
@@ -114,6 +234,7 @@ def read_checkpoint(path: str | Path, plan=None, index: int | None = None, *, la
         todo = hint or (f"train that model first (run.py fit --data.model_index {index})" if index is not None
                         else "give the path of a checkpoint written by run.py fit")
         raise ConfigError(f"{label} is missing (no such file); {todo}")
+    verify_checkpoint(path, label, expected_sha256, **({"hint": hint} if hint else {}))
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from core.errors import ConfigError
+from core.seeds import derive_seed
 
 # name -> (input shape, classes, normalisation mean, std, random crop+flip in training)
 DATASETS = {
@@ -133,23 +134,36 @@ def load_pool(name: str, root: str | Path = "data", download: bool = False) -> P
 class IndexedImages(torch.utils.data.Dataset):
     """pool[indices[i]] as (image in [0, 1], label, i): `i` is the sample's position in
     this set (audit or population), which the attacks use to put signals in order and
-    to de-duplicate what DistributedSampler repeats."""
+    to de-duplicate what DistributedSampler repeats.
 
-    def __init__(self, pool: Pool, indices: torch.Tensor, positions: torch.Tensor | None = None, augment=None):
+    An item may be asked for as (i, epoch) (datamodules.membership.EpochShuffle does): then
+    its augmentation is drawn from a generator seeded by (augment_seed, epoch, sample), so it
+    does not depend on the order, the batch or the worker that reads it, and a resumed epoch
+    sees the same augmented images as an uninterrupted one."""
+
+    def __init__(self, pool: Pool, indices: torch.Tensor, positions: torch.Tensor | None = None, augment=None,
+                 augment_seed: int | None = None):
         self.pool = pool
         self.indices = indices
         self.positions = torch.arange(len(indices)) if positions is None else positions
         self.augment = augment
+        self.augment_seed = augment_seed
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key):
+        i, epoch = key if isinstance(key, tuple) else (key, None)
         j = int(self.indices[i])
         x = self.pool.images[j]
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x
         if self.augment is not None:
-            x = self.augment(x)
+            if epoch is None or self.augment_seed is None:
+                x = self.augment(x)
+            else:  # torchvision's transforms draw from the global generator: fork it, seeded per sample
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(derive_seed(self.augment_seed, epoch, j))
+                    x = self.augment(x)
         return x, self.pool.labels[j], self.positions[i]
 
 

@@ -17,7 +17,28 @@ from torch.utils.data import DataLoader
 from .datasets import DATASETS, IndexedImages, Pool, crop_flip, load_pool
 from core.errors import ConfigError, check_choice, check_int
 from core.rundir import check_trained_on
+from core.seeds import derive_seed
 from .plan import Plan, load_or_create_plan
+
+
+class EpochShuffle(torch.utils.data.Sampler):
+    """A random order of range(n) that is a function of (seed, epoch) alone, where the epoch
+    is read when an epoch's iteration starts (`epoch_fn`, the trainer's current epoch):
+    Lightning creates the first iterator of a fit, fresh or resumed, before it calls any
+    epoch hook, and under DDP wraps a custom sampler so that set_epoch never reaches it.
+    Yields (position, epoch), so that augmentation can be seeded per sample too
+    (datasets.IndexedImages)."""
+
+    def __init__(self, n: int, seed: int, epoch_fn):
+        self.n, self.seed, self.epoch_fn = n, seed, epoch_fn
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        epoch = int(self.epoch_fn())
+        g = torch.Generator().manual_seed(derive_seed(self.seed, "shuffle", epoch))
+        return iter([(i, epoch) for i in torch.randperm(self.n, generator=g).tolist()])
 
 
 class MembershipDataModule(L.LightningDataModule):
@@ -84,6 +105,9 @@ class MembershipDataModule(L.LightningDataModule):
         self.augment = default_augment if augment is None else augment
         self.pool: Pool | None = None
         self.plan: Plan | None = None
+        # Set by run.py's training (seed_everything + model index): each epoch's order and
+        # augmentation are then a function of (train_seed, epoch) alone (EpochShuffle).
+        self.train_seed: int | None = None
 
     # -- the plan -----------------------------------------------------------------------
     @property
@@ -169,14 +193,20 @@ class MembershipDataModule(L.LightningDataModule):
         return IndexedImages(self.pool, self.population_indices)
 
     # -- loaders ------------------------------------------------------------------------
-    def _loader(self, ds, shuffle: bool = False, batch_size: int | None = None) -> DataLoader:
+    def _loader(self, ds, shuffle: bool = False, batch_size: int | None = None, sampler=None) -> DataLoader:
         return DataLoader(
-            ds, batch_size=batch_size or self.eval_batch_size, shuffle=shuffle, num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
+            ds, batch_size=batch_size or self.eval_batch_size, shuffle=shuffle, sampler=sampler,
+            num_workers=self.num_workers, persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.member_set(augment=self.augment), shuffle=True, batch_size=self.batch_size)
+        members = self.member_set(augment=self.augment)
+        if self.train_seed is None:  # outside run.py: torch's shuffle, from the global generator
+            return self._loader(members, shuffle=True, batch_size=self.batch_size)
+        members.augment_seed = self.train_seed
+        trainer = getattr(self, "trainer", None)
+        sampler = EpochShuffle(len(members), self.train_seed, lambda: trainer.current_epoch if trainer else 0)
+        return self._loader(members, batch_size=self.batch_size, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.nonmember_set())

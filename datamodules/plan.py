@@ -2,9 +2,12 @@
 which model's training set, drawn once and persisted with a fingerprint.
 
 Layout on disk (inside the run directory):
-  plan.json  fingerprint + sizes, human-readable
+  plan.json  fingerprint + sizes, human-readable, and `content_sha256`, the hash of the
+             tensors, checked every time the plan is loaded
   plan.pt    tensors only (membership, audit_indices, population_indices), read with
              torch.load(weights_only=True) so a shared plan cannot run code.
+A plan is never rewritten: a plan.pt without its plan.json, or trained models without a
+plan, is an error, not a reason to draw a new one.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from core.errors import ConfigError
-from core.rundir import atomic_write
+from core.errors import ConfigError, first_line
+from core.rundir import PlanLock, atomic_write, tensors_sha256
 
 PLAN_VERSION = 1
 
@@ -85,31 +88,45 @@ def make_plan(dataset: str, pool_size: int, num_references: int, seed: int,
     return Plan(torch.stack(rows), audit_indices, population_indices, fingerprint)
 
 
+def plan_tensors(plan: Plan) -> dict[str, torch.Tensor]:
+    return {"membership": plan.membership, "audit_indices": plan.audit_indices,
+            "population_indices": plan.population_indices}
+
+
 def save_plan(plan: Plan, run_dir: str | Path) -> None:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {"membership": plan.membership, "audit_indices": plan.audit_indices,
-               "population_indices": plan.population_indices}
+    tensors = plan_tensors(plan)
     atomic_write(run_dir / "plan.pt", lambda p: torch.save(tensors, p))
     # plan.json is written last: its presence marks a complete plan.
-    atomic_write(run_dir / "plan.json", lambda p: p.write_text(json.dumps(plan.fingerprint, indent=2) + "\n"))
+    record = {**plan.fingerprint, "content_sha256": tensors_sha256(tensors)}
+    atomic_write(run_dir / "plan.json", lambda p: p.write_text(json.dumps(record, indent=2) + "\n"))
 
 
 def load_plan(run_dir: str | Path) -> Plan | None:
-    """The plan saved in `run_dir`, or None if there is none."""
+    """The plan saved in `run_dir`, or None if there is none; its tensors are checked against
+    the hash in plan.json (a flipped bit, a swapped file or an edited plan.json is an error)."""
     run_dir = Path(run_dir)
     meta, data = run_dir / "plan.json", run_dir / "plan.pt"
     if not meta.exists():
+        if data.exists():
+            raise ConfigError(f"run_dir={str(run_dir)!r} holds {data} but not its {meta.name}: the plan is incomplete or "
+                              "was tampered with, and is never drawn again over it; restore plan.json or use a new --run_dir")
         return None
     try:
-        fingerprint = json.loads(meta.read_text())
+        record = json.loads(meta.read_text())
+        recorded_sha = record.pop("content_sha256")
         tensors = torch.load(data, weights_only=True, map_location="cpu")
-        plan = Plan(tensors["membership"], tensors["audit_indices"], tensors["population_indices"], fingerprint)
-        k, n = fingerprint["num_references"], fingerprint["audit_size"]
+        plan = Plan(tensors["membership"], tensors["audit_indices"], tensors["population_indices"], record)
+        k, n = record["num_references"], record["audit_size"]
         if plan.membership.shape != (1 + k, n) or plan.membership.dtype != torch.bool:
             raise ValueError(f"membership has shape {tuple(plan.membership.shape)}, expected {(1 + k, n)}")
     except Exception as err:
-        raise ConfigError(f"run_dir={str(run_dir)!r}: the membership plan in {meta} / {data} is unreadable or corrupt ({err})") from None
+        raise ConfigError(f"run_dir={str(run_dir)!r}: the membership plan in {meta} / {data} is unreadable or corrupt "
+                          f"({first_line(err)}); restore it or use a new --run_dir") from None
+    if tensors_sha256(plan_tensors(plan)) != recorded_sha:
+        raise ConfigError(f"run_dir={str(run_dir)!r}: {data} does not match the hash in {meta.name}: the plan was changed "
+                          "after it was drawn; restore it or use a new --run_dir (it is never drawn again)")
     return plan
 
 
@@ -123,13 +140,19 @@ def check_fingerprint(saved: dict, wanted: dict, run_dir: str | Path) -> None:
 
 
 def load_or_create_plan(run_dir: str | Path | None, **settings) -> Plan:
-    """Load the plan in run_dir (checking its fingerprint) or create and save it."""
+    """Load the plan in run_dir (checking its fingerprint and contents) or create and save it.
+    Processes that start together (a SLURM array) take turns: one draws, the others load."""
     plan = make_plan(**settings)  # cheap (a few permutations) and validates the settings
     if run_dir is None:
         return plan
-    saved = load_plan(run_dir)
-    if saved is None:
-        save_plan(plan, run_dir)
-        return plan
+    with PlanLock(run_dir):
+        saved = load_plan(run_dir)
+        if saved is None:
+            trained = sorted(str(p.parent.name) for p in Path(run_dir).glob("model_*/checkpoints"))
+            if trained:
+                raise ConfigError(f"run_dir={str(run_dir)!r} has models ({', '.join(trained)}) but no membership plan: "
+                                  "it was deleted; restore plan.json and plan.pt, or use a new --run_dir")
+            save_plan(plan, run_dir)
+            return plan
     check_fingerprint(saved.fingerprint, plan.fingerprint, run_dir)
     return saved

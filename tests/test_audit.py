@@ -79,15 +79,20 @@ def test_rerun_skips_finished_models_and_audit_reuses_the_cache(small_run, capsy
     again = json.loads((rd / "audit" / "report.json").read_text())["settings"]["signal_cache"]
     assert again == {"hits": 3}
 
-    # a changed reference checkpoint is recomputed, never silently reused
+    # a reference checkpoint changed after it finished is refused in one line, never audited
     path = rd / "model_1" / "checkpoints" / "last.ckpt"
+    original = path.read_bytes()
     ckpt = torch.load(path, weights_only=True)
     key = next(k for k in ckpt["state_dict"] if k.endswith("weight"))
     ckpt["state_dict"][key] = ckpt["state_dict"][key] * 0.5
     torch.save(ckpt, path)
+    report = (rd / "audit" / "report.json").read_bytes()
+    assert run.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert str(path) in err and "changed" in err, err
+    assert (rd / "audit" / "report.json").read_bytes() == report
+    path.write_bytes(original)
     assert run.main(args) == 0
-    changed = json.loads((rd / "audit" / "report.json").read_text())["settings"]["signal_cache"]
-    assert changed == {"hits": 2, "misses": 1}
 
 
 def test_audit_grid_of_queries_and_latencies(small_run):
@@ -173,10 +178,11 @@ def test_missing_corrupt_or_foreign_reference_checkpoints_are_refused(tmp_path):
     path.write_bytes(b"garbage")
     with pytest.raises(ConfigError, match=str(path)):
         cached_signals(rd, 1, dm, "plain")
-    # a pickle that would run code is not loaded (weights_only=True)
-    torch.save({"hyper_parameters": {}, "state_dict": {}, "evil": argparse.Namespace(cmd="rm -rf ~")}, path)
+    # a pickle that would run code is not loaded (weights_only=True), even without a recorded hash
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"hyper_parameters": {}, "state_dict": {}, "evil": argparse.Namespace(cmd="rm -rf ~")}, evil)
     with pytest.raises(ConfigError, match="weights_only"):
-        Classifier.from_checkpoint(path)
+        Classifier.from_checkpoint(evil)
     path.unlink()
     with pytest.raises(ConfigError, match="missing"):
         cached_signals(rd, 1, dm, "plain")

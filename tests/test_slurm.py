@@ -339,6 +339,12 @@ def test_a_requeued_reference_resumes_from_its_own_checkpoint(tmp_path, monkeypa
     (epoch, step, env), = RecordStart.seen
     assert env == "SLURMEnvironment" and epoch == 1 and step >= 3  # not from scratch: epoch 1 was done
     assert json.loads((model / "done.json").read_text())["epochs"] == 2
+    assert not list(model.glob("hpc_ckpt_*"))  # the requeue checkpoint goes once the model is done
+    # SLURM's time-limit signal may still come after training finished: it must not kill the job
+    # (exit 138, FAILED, dependents cancelled); the process goes on and ends normally.
+    assert signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, None)
+    os.kill(os.getpid(), signal.SIGUSR1)
+    assert "after training finished" in capsys.readouterr().err
 
 
 def test_run_py_submit_prints_the_scripts(tmp_path, capsys):

@@ -20,12 +20,12 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from audit import AuditSettings
 from audit.offline import AuditRun, check_audit, run_audit
 from callbacks import MembershipAttack
-from core.errors import ConfigError
-from core.rundir import checkpoint_path, model_dir
+from core.errors import ConfigError, check_int
+from core.rundir import checkpoint_path, model_dir, read_checkpoint
 from datamodules import MembershipDataModule
 from lightning_modules import Classifier
 
-from .fit import checkpoint_callback, fit_run, fresh_trainer_kwargs
+from .fit import fit_run, fresh_trainer_kwargs, own_callbacks, with_atomic_checkpoints
 from .loggers import ConfigToLoggers, make_logger
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,6 +78,26 @@ def check_references(references) -> dict:
     return dict(references)
 
 
+SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes 64-bit seeds; numpy wraps larger ones
+
+
+def check_run_settings(cfg, subcommand: str | None) -> None:
+    """Values that only make sense together, checked before anything is built or written."""
+    run_dir = cfg.get("run_dir")
+    if not isinstance(run_dir, str) or not run_dir.strip():
+        raise ConfigError(f"run_dir={run_dir!r} is not allowed; expected a folder path (it is made if missing)")
+    if cfg.seed_everything is not False and cfg.seed_everything is not True:
+        check_int("seed_everything", cfg.seed_everything, 0, SEED_MAX)
+    check_int("data.seed", cfg.data.seed, 0, SEED_MAX)
+    epochs = cfg.trainer.get("max_epochs")
+    if subcommand in (None, "fit") and epochs is not None and not (isinstance(epochs, int) and epochs >= 1):
+        raise ConfigError(f"trainer.max_epochs={epochs!r} is not allowed; expected an integer >= 1 (the audit and "
+                          "the report need a last epoch)")
+    steps = cfg.trainer.get("max_steps")
+    if subcommand in (None, "fit") and steps is not None and steps != -1 and not (isinstance(steps, int) and steps >= 1):
+        raise ConfigError(f"trainer.max_steps={steps!r} is not allowed; expected -1 (no limit) or an integer >= 1")
+
+
 class AuditCLI(LightningCLI):
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -98,6 +118,7 @@ class AuditCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self._cfg
+        check_run_settings(cfg, self.subcommand)
         references = check_references(cfg.references)
         index = cfg.data.model_index or 0
         if index > 0:  # training one reference alone: apply its overrides
@@ -113,10 +134,13 @@ class AuditCLI(LightningCLI):
         index = self.datamodule.index
         if trainer_cfg.get("default_root_dir") is None:
             kwargs["default_root_dir"] = str(model_dir(self._cfg.run_dir, index))
-        kwargs["logger"] = make_logger(trainer_cfg.get("logger"), self._cfg.run_dir, index)
+        # fit logs to model_<k>/logs/; test and validate to logs/test/, logs/validate/ (never over training's)
+        kwargs["logger"] = make_logger(trainer_cfg.get("logger"), self._cfg.run_dir, index,
+                                       stage=None if self.subcommand in (None, "fit") else self.subcommand)
         configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
         configured = configured if isinstance(configured, list) else [configured]
-        kwargs["callbacks"] = [*configured, checkpoint_callback(self._cfg.run_dir, index)]
+        kwargs["callbacks"] = [*configured, *own_callbacks(self._cfg, index)]
+        kwargs["plugins"] = with_atomic_checkpoints(self._get(self.config_init, "trainer", default={}).get("plugins"))
         return super().instantiate_trainer(**kwargs)
 
     def fit(self, model, datamodule, ckpt_path=None, **kwargs):
@@ -154,6 +178,8 @@ class AuditCLI(LightningCLI):
                 raise ConfigError(f"run_dir={self._cfg.run_dir!r}: no checkpoint at {last}; "
                                   "train it with `run.py fit` or pass --ckpt_path")
             ckpt_path = str(last)
+        # Checked (weights only, hash) before Lightning unpickles it: a corrupt or foreign file is one line.
+        read_checkpoint(ckpt_path, label=f"checkpoint {ckpt_path}")
         fn(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
 
     def validate(self, model, datamodule, ckpt_path=None, **kwargs):

@@ -6,40 +6,111 @@ each in this process with a fresh trainer (no user callbacks: those apply to the
 target), then the target with the configured trainer and its callbacks. Model k is
 initialised with seed `seed_everything + k`, so a model retrained alone (data.model_index
 k, as a cluster array task does) gets the same initialisation.
+
+Kill anywhere, rerun, same result (docs/design.md, "Run-directory integrity"):
+- checkpoints are written atomically, with their hash next to them (AtomicCheckpointIO);
+- every epoch's randomness is a function of (model seed, epoch) alone (EpochSeeds and the
+  data module's EpochShuffle), so an epoch replayed after a kill is the uninterrupted one;
+- a model is finished (done.json) only when everything it owes exists: for the target,
+  the report and its plots, which a rerun rebuilds from the last checkpoint if a kill
+  stopped them;
+- one process trains a model at a time (core.rundir.ModelLock).
 """
 
 from __future__ import annotations
 
+import random
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import lightning as L
+import numpy as np
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import instantiate_class
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerStatus
 
-from core.rundir import (checkpoint_path, done_path, file_sha256, finished_models, model_dir, read_checkpoint,
-                         requeue_checkpoints, write_done)
+from core.errors import ConfigError
+from core.rundir import (ModelLock, checkpoint_path, done_path, file_sha256, finished_models, model_dir,
+                         read_checkpoint, requeue_checkpoints, sidecar, write_checkpoint_file, write_done)
+from core.seeds import derive_seed
 from datamodules import MembershipDataModule
 from lightning_modules import Classifier
 
 from .loggers import make_logger
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made atomic (a temporary file, then a rename) and with
+    the file's hash recorded next to it: a kill during the write leaves the previous
+    checkpoint, and a file changed later is refused when read (core.rundir)."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        write_checkpoint_file(Path(path), lambda tmp: torch.save(checkpoint, tmp))
+
+    def remove_checkpoint(self, path) -> None:
+        super().remove_checkpoint(path)
+        sidecar(Path(path)).unlink(missing_ok=True)
+
+
+class EpochSeeds(L.Callback):
+    """Seeds torch, numpy and random at the start of every training epoch from (seed, epoch):
+    what the model draws during an epoch (Poisson spike trains, dropout) does not depend on
+    what ran before it in the process (an audit pass, the references trained before the
+    target, a resume)."""
+
+    def __init__(self, seed: int):
+        self.seed = int(seed)
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if hasattr(trainer.datamodule, "train_seed"):
+            trainer.datamodule.train_seed = self.seed  # the data order and augmentation, likewise
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        seed = derive_seed(self.seed, "epoch", trainer.current_epoch)
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+
+
 def checkpoint_callback(run_dir, index: int) -> ModelCheckpoint:
     """The checkpoint that resume and the signal caches rely on: run_dir/model_<k>/checkpoints/last.ckpt,
-    one file overwritten at every epoch end (save_top_k=0 with save_last=True saves nothing
+    one file replaced at every epoch end (save_top_k=0 with save_last=True saves nothing
     until the end of fit in Lightning 2.6)."""
     return ModelCheckpoint(dirpath=checkpoint_path(run_dir, index).parent, filename="last", save_top_k=1,
                            enable_version_counter=False)
+
+
+def own_callbacks(cfg, index: int) -> list:
+    """The callbacks every trainer of a model gets: its checkpoint, and the epoch seeds."""
+    out = [checkpoint_callback(cfg.run_dir, index)]
+    if cfg.seed_everything is not False:
+        out.append(EpochSeeds(int(cfg.seed_everything) + index))
+    return out
+
+
+def with_atomic_checkpoints(plugins) -> list:
+    plugins = list(plugins or []) if isinstance(plugins, (list, tuple)) else [plugins] if plugins else []
+    return plugins if any(isinstance(p, TorchCheckpointIO) for p in plugins) else [*plugins, AtomicCheckpointIO()]
 
 
 def fresh_trainer_kwargs(trainer_cfg: dict) -> dict:
     """The configured trainer settings without callbacks and logger, with fresh objects
     (strategy, plugins, ...) built from their class_path specs: one trainer's objects must
     not be shared with another's."""
-    return {key: instantiate_class((), v) if isinstance(v, dict) and "class_path" in v else v
-            for key, v in trainer_cfg.items() if key not in ("callbacks", "logger")}
+    def build(v):
+        if isinstance(v, dict) and "class_path" in v:
+            return instantiate_class((), v)
+        if isinstance(v, list):
+            return [build(x) for x in v]
+        return v
+
+    return {key: build(v) for key, v in trainer_cfg.items() if key not in ("callbacks", "logger")}
 
 
 def reference_parts(k: int, target_model: Classifier, target_dm: MembershipDataModule, cfg, trainer_class):
@@ -50,8 +121,8 @@ def reference_parts(k: int, target_model: Classifier, target_dm: MembershipDataM
     dm_hp = {key: v for key, v in target_dm.hparams.items() if not key.startswith("_")}
     dm = MembershipDataModule(**{**dm_hp, "model_index": k})
     kwargs = fresh_trainer_kwargs(cfg.trainer.as_dict())
-    kwargs.update(default_root_dir=str(model_dir(cfg.run_dir, k)),
-                  logger=make_logger(cfg.trainer.get("logger"), cfg.run_dir, k), callbacks=[checkpoint_callback(cfg.run_dir, k)])
+    kwargs.update(default_root_dir=str(model_dir(cfg.run_dir, k)), plugins=with_atomic_checkpoints(kwargs.get("plugins")),
+                  logger=make_logger(cfg.trainer.get("logger"), cfg.run_dir, k), callbacks=own_callbacks(cfg, k))
     return trainer_class(**kwargs), model, dm
 
 
@@ -65,6 +136,9 @@ def fit_run(trainer, model, datamodule, cfg, ckpt_path=None) -> None:
     # barrier: prepare_data_per_node=False keeps every other node from writing it too).
     if trainer.global_rank == 0:
         datamodule.prepare_data()
+        for cb in trainer.callbacks:  # settings that depend on the plan, before anything trains
+            if hasattr(cb, "check_data"):
+                cb.check_data(datamodule)
     datamodule.prepare_data_per_node = False
     if cfg.data.model_index is None:
         K = datamodule.num_references
@@ -85,33 +159,55 @@ def fit_run(trainer, model, datamodule, cfg, ckpt_path=None) -> None:
 
 def resume_checkpoint(run_dir, index: int) -> Path | None:
     """The newest of last.ckpt (every epoch end) and Lightning's SLURM requeue checkpoint
-    (hpc_ckpt_*.ckpt, written mid-epoch on SIGUSR1), so a requeued job loses no work; a
-    file cut short by a kill mid-write ends in one line naming it."""
+    (hpc_ckpt_*.ckpt, written mid-epoch on SIGUSR1), so a requeued job loses no work."""
     found = [p for p in (checkpoint_path(run_dir, index), *requeue_checkpoints(run_dir, index)) if p.is_file()]
-    if not found:
-        return None
-    newest = max(found, key=lambda p: p.stat().st_mtime_ns)
-    read_checkpoint(newest, label=f"checkpoint {newest}",
-                    hint=f"it cannot be resumed; delete it to retrain model_{index} from scratch")
-    return newest
+    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
+
+
+def check_same_settings(saved: dict, model, label: str) -> None:
+    """A resume continues the same model: every hyper-parameter of the checkpoint must equal the
+    requested one (an SNN's weights continued as an ANN would be another model)."""
+    wanted = {k: v for k, v in model.hparams.items() if not k.startswith("_")}
+    norm = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731 - tuples come back as lists
+    diff = [f"model.{k}: checkpoint has {saved.get(k)!r}, this run asks for {wanted.get(k)!r}"
+            for k in sorted(set(saved) | set(wanted)) if not k.startswith("_")
+            and norm(saved.get(k)) != norm(wanted.get(k))]
+    if diff:
+        raise ConfigError(f"{label} was trained with other model settings ({'; '.join(diff)}); rerun with the "
+                          "checkpoint's settings, or use a new --run_dir")
 
 
 def train_model(trainer, model, datamodule, cfg, ckpt_path=None) -> None:
     """Fit one model unless it finished earlier; resume it from its newest checkpoint; write
-    its done.json when training finished."""
+    its done.json once everything it owes exists."""
     run_dir, index = cfg.run_dir, datamodule.index
     if done_path(run_dir, index).is_file() and ckpt_path is None:
         print(f"model_{index} finished earlier ({done_path(run_dir, index)}); skipping. "
               f"`run.py audit` re-attacks it; a new --run_dir retrains.", file=sys.stderr)
         return
-    if ckpt_path is None:
-        found = resume_checkpoint(run_dir, index)
-        if found is not None:
-            ckpt_path = str(found)
-            print(f"resuming model_{index} from {ckpt_path}", file=sys.stderr)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-    last = checkpoint_path(run_dir, index)
-    if trainer.state.status == TrainerStatus.FINISHED and trainer.is_global_zero and last.is_file():
+    lock = ModelLock(run_dir, index) if trainer.global_rank == 0 else None
+    if lock is not None:
+        lock.__enter__()
+    try:
+        if ckpt_path is None:
+            found = resume_checkpoint(run_dir, index)
+            if found is not None:
+                ckpt_path = str(found)
+                print(f"resuming model_{index} from {ckpt_path}", file=sys.stderr)
+        if ckpt_path is not None:  # refused in one line before Lightning unpickles it
+            hparams, _, _ = read_checkpoint(ckpt_path, label=f"checkpoint {ckpt_path}",
+                                            hint=f"it cannot be resumed; delete it to retrain model_{index} from scratch")
+            check_same_settings(hparams, model, f"checkpoint {ckpt_path}")
+        with requeue_signal_window():
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        last = checkpoint_path(run_dir, index)
+        if trainer.state.status != TrainerStatus.FINISHED or not trainer.is_global_zero or not last.is_file():
+            return
+        missing = [str(p) for cb in trainer.callbacks if hasattr(cb, "owed_files") for p in cb.owed_files(trainer)
+                   if not Path(p).is_file()]
+        if missing:
+            raise RuntimeError(f"model_{index} finished training but {', '.join(missing)} was not written; "
+                               "rerun the same command to write it")
         hp = {k: v for k, v in model.hparams.items() if not k.startswith("_")}
         write_done(run_dir, index, {
             "checkpoint": "checkpoints/last.ckpt", "checkpoint_sha256": file_sha256(last),
@@ -121,6 +217,35 @@ def train_model(trainer, model, datamodule, cfg, ckpt_path=None) -> None:
             # What the run gave its references, so a later step (the study) reads facts, not flags.
             "references": dict(cfg.references) if cfg.references else None,
             "plan": datamodule.plan.fingerprint, "hparams": {k: _plain(v) for k, v in hp.items()}})
+        for p in requeue_checkpoints(run_dir, index):  # done: a requeue checkpoint is never resumed again
+            p.unlink(missing_ok=True)
+            sidecar(p).unlink(missing_ok=True)
+    finally:
+        if lock is not None:
+            lock.__exit__(None, None, None)
+
+
+class requeue_signal_window:
+    """SIGUSR1 (SLURM's "time is almost up", --signal=SIGUSR1@90) is Lightning's to handle while
+    a model trains: it saves a requeue checkpoint and requeues the job. Lightning registers its
+    handler only if none is set, and puts the default action back when fit returns, so a
+    signal arriving after the last model finished would kill a finished job (exit 138, FAILED,
+    and SLURM cancels what depends on it). So: the default action during fit, and after it a
+    handler that says the work is done and lets the job end normally."""
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGUSR1"):
+            signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None and threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGUSR1"):
+            signal.signal(signal.SIGUSR1, _finished_handler)
+        return False
+
+
+def _finished_handler(signum, frame) -> None:
+    print("SIGUSR1 received after training finished: nothing to save, finishing normally", file=sys.stderr)
 
 
 def _plain(value):

@@ -1,5 +1,7 @@
 """The loggers of one model: CSV by default (no network), or the configured ones built for
-model k, with W&B given a stable per-model run id."""
+model k, with W&B given a stable per-model run id. Nothing a logger wrote before is
+deleted or overwritten: a resumed fit appends to model_<k>/logs/metrics.csv, `test` and
+`validate` write logs/test/ and logs/validate/, and each run's config goes to a new file."""
 
 from __future__ import annotations
 
@@ -7,14 +9,50 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+import csv
+import os
+
 from lightning.pytorch.cli import SaveConfigCallback, instantiate_class
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from core.rundir import model_dir
 
 
+class AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer, except that an existing metrics.csv is continued, not deleted:
+    its header is read back, and rows are appended (the file is rewritten only when a new
+    column appears, keeping every row)."""
+
+    def _check_log_dir_exists(self) -> None:
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as f:
+                header = next(csv.reader(f), [])
+            self.metrics_keys = sorted(set(header))
+
+
+class AppendingCSVLogger(CSVLogger):
+    @property
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            os.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
 class ConfigToLoggers(SaveConfigCallback):
-    """Gives the resolved config to W&B as the run config (config.yaml is saved next to the logs)."""
+    """Saves each run's resolved config next to its logs without replacing an earlier one
+    (config.yaml, then config_1.yaml, ...), and gives it to W&B as the run config."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        log_dir = trainer.log_dir
+        if log_dir is not None and not self.already_saved:
+            n, name = 0, "config.yaml"
+            while os.path.exists(os.path.join(log_dir, name)):
+                n += 1
+                name = f"config_{n}.yaml"
+            self.config_filename = name
+        super().setup(trainer, pl_module, stage)
 
     def save_config(self, trainer, pl_module, stage) -> None:
         for logger in trainer.loggers:
@@ -28,12 +66,13 @@ def wandb_id(run_dir: str | Path, index: int) -> str:
     return f"{Path(run_dir).name[:40]}-{digest}-m{index}"
 
 
-def make_logger(spec: Any, run_dir: str | Path, index: int):
-    """The configured logger, built for model `index`: CSV by default (no network); a
-    WandbLogger gets a stable id, resume='allow', and a name/group from the run directory."""
+def make_logger(spec: Any, run_dir: str | Path, index: int, stage: str | None = None):
+    """The configured logger, built for model `index`: CSV by default (no network), in
+    model_<k>/logs/ for fit and model_<k>/logs/<stage>/ for test and validate; a WandbLogger
+    gets a stable id, resume='allow', and a name/group from the run directory."""
     directory = model_dir(run_dir, index)
     if spec in (None, True):
-        return CSVLogger(save_dir=str(directory), name="logs", version="")
+        return AppendingCSVLogger(save_dir=str(directory), name="logs", version=stage or "")
     if spec is False:
         return False
     specs = spec if isinstance(spec, list) else [spec]
