@@ -105,7 +105,10 @@ def check_report_dir(report_dir, run_dir, index: int) -> Path | None:
         raise ConfigError("report_dir='' is not allowed; expected a folder path (made if missing) or null")
     if rd.exists() and not rd.is_dir():
         raise ConfigError(f"report_dir={str(report_dir)!r} is a file; expected a folder (made if missing)")
-    if rd.resolve() in (Path(run_dir).resolve(), (Path(run_dir) / f"model_{index}").resolve()):
-        raise ConfigError(f"report_dir={str(report_dir)!r} would mix the report with the run's own files; "
-                          f"expected a folder of its own, e.g. {Path(run_dir) / 'audit_latency'}")
+    target, root = rd.resolve(), Path(run_dir).resolve()
+    inside_model = target.is_relative_to(root) and any(part.startswith("model_") for part in target.relative_to(root).parts)
+    if target == root or inside_model:
+        raise ConfigError(f"report_dir={str(report_dir)!r} would mix the report with the run's own files "
+                          f"(the run directory or a model_<k>/ folder); expected a folder of its own, "
+                          f"e.g. {Path(run_dir) / 'audit_latency'}")
     return rd

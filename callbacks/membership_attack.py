@@ -30,6 +30,7 @@ from audit.distributed import Ranks
 from audit.scoring import setting_name, summary
 from audit.signals import compute_signals
 from core.errors import ConfigError, check_int
+from core.faults import kill_point
 from core.rundir import audit_dir
 
 
@@ -70,10 +71,11 @@ class MembershipAttack(L.Callback):
     def check_data(self, dm) -> None:
         """Settings that depend on the plan, checked before any model trains: an audit subset
         must hold members and non-members of the target (else no ROC can be drawn)."""
-        positions = dm.subset_positions(self.settings.audit_subset, self.settings.subset_seed)
+        plan = dm.planned()  # nothing is written before this check
+        positions = dm.subset_positions(self.settings.audit_subset, self.settings.subset_seed, plan)
         if positions is None:
             return
-        members = int(dm.membership[0][positions].sum())
+        members = int(plan.membership[0][positions].sum())
         if members == 0 or members == positions.numel():
             raise ConfigError(f"MembershipAttack audit_subset={self.settings.audit_subset!r} draws "
                               f"{'no members' if members == 0 else 'only members'} of the target (subset_seed="
@@ -149,6 +151,7 @@ class MembershipAttack(L.Callback):
                                      progress=self._bars, audit_positions=self.audit.positions, ranks=ranks)
             if target is None:  # a rank other than 0: its shard is gathered on rank 0
                 continue
+            kill_point(f"audit:model_{dm.index}:epoch_{model.current_epoch}")  # kill tests only
             if acc is None:
                 acc = self.audit.accuracies(target)
             result = self.audit.score(target, self.ref_signals[s.name])

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from .errors import ConfigError, first_line
+from .faults import kill_point
 
 _SHA_MEMO: dict[tuple, str] = {}
 
@@ -69,6 +70,7 @@ def atomic_write(path: Path, write) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         write(tmp)
+        kill_point(f"write:{path}")
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -177,6 +179,7 @@ def write_checkpoint_file(path: str | Path, write) -> None:
         new = file_sha256(tmp)
         previous = file_sha256(path) if path.is_file() else None
         write_json(sidecar(path), {"sha256": new, "previous": previous})
+        kill_point(f"write:{path}")
         os.replace(tmp, path)
     finally:
         if tmp.exists():

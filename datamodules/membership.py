@@ -132,14 +132,24 @@ class MembershipDataModule(L.LightningDataModule):
             raise RuntimeError("the membership plan exists after prepare_data() and setup()")
         return self.plan
 
-    def _load(self) -> None:
+    def _load(self, save: bool = True) -> Plan:
         if self.pool is None:
             self.pool = load_pool(self.dataset, self.root, self.download)
-        if self.plan is None:
-            self.plan = load_or_create_plan(
-                self.run_dir, dataset=self.dataset, pool_size=len(self.pool), num_references=self.num_references,
-                seed=self.seed, population=self.population, audit_size=self.audit_size,
-            )
+        if self.plan is not None:
+            return self.plan
+        plan = load_or_create_plan(
+            self.run_dir, save=save, dataset=self.dataset, pool_size=len(self.pool),
+            num_references=self.num_references, seed=self.seed, population=self.population, audit_size=self.audit_size,
+        )
+        if save:
+            self.plan = plan
+        return plan
+
+    def planned(self) -> Plan:
+        """The plan this module will use, without writing anything: the saved one (checked), or
+        the one prepare_data() would draw. For checks that must run before the run directory
+        is touched."""
+        return self._load(save=False)
 
     def prepare_data(self) -> None:
         # Runs on one process per node: downloads files and writes the plan once;
@@ -160,9 +170,9 @@ class MembershipDataModule(L.LightningDataModule):
             check_trained_on(state, self.plan.fingerprint, self.index,
                              f"data.model_index={self.index}: the checkpoint being resumed")
 
-    def subset_positions(self, size: int | None, seed: int = 0) -> torch.Tensor | None:
+    def subset_positions(self, size: int | None, seed: int = 0, plan: Plan | None = None) -> torch.Tensor | None:
         """A fixed random subset of audit positions (sorted), or None for all."""
-        n = self.membership.shape[1]
+        n = (plan or self._need_plan()).membership.shape[1]
         if size is None or size >= n:
             return None
         g = torch.Generator().manual_seed(seed)

@@ -139,12 +139,18 @@ def check_fingerprint(saved: dict, wanted: dict, run_dir: str | Path) -> None:
         )
 
 
-def load_or_create_plan(run_dir: str | Path | None, **settings) -> Plan:
-    """Load the plan in run_dir (checking its fingerprint and contents) or create and save it.
-    Processes that start together (a SLURM array) take turns: one draws, the others load."""
+def load_or_create_plan(run_dir: str | Path | None, save: bool = True, **settings) -> Plan:
+    """Load the plan in run_dir (checking its fingerprint and contents) or create and save it
+    (with save=False: the plan that would be saved, nothing written). Processes that start
+    together (a SLURM array) take turns: one draws, the others load."""
     plan = make_plan(**settings)  # cheap (a few permutations) and validates the settings
     if run_dir is None:
         return plan
+    if not save:
+        saved = load_plan(run_dir) if Path(run_dir).is_dir() else None
+        if saved is not None:
+            check_fingerprint(saved.fingerprint, plan.fingerprint, run_dir)
+        return saved or plan
     with PlanLock(run_dir):
         saved = load_plan(run_dir)
         if saved is None:

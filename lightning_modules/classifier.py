@@ -20,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from spikingjelly.activation_based import functional, layer
 from torchmetrics.classification import MulticlassAccuracy
 
-from core.errors import ConfigError, check_choice, check_int, first_line
+from core.errors import ConfigError, check_choice, check_int, check_number, first_line
 from core.rundir import read_checkpoint
 from .conversion import INITS, check_convert_mode, initialise
 from .networks import ARCHS, NEURONS, SURROGATES, Normalize, build_network
@@ -110,9 +110,12 @@ class Classifier(L.LightningModule):
                     or not 0 <= convert_v_init < 1:
                 raise ConfigError(f"model.convert_v_init={convert_v_init!r} is not allowed; expected a number in [0, 1) "
                                   f"(a fraction of the threshold: 0.5 half-threshold start, 0 start at rest)")
-        for key, value in (("model.lr", lr), ("model.width", width), ("model.tau", tau), ("model.v_threshold", v_threshold)):
-            if not value > 0:
-                raise ConfigError(f"{key}={value!r} is not allowed; expected a number > 0")
+        for key, value in (("model.lr", lr), ("model.width", width), ("model.v_threshold", v_threshold)):
+            check_number(key, value, 0.0, low_open=True)
+        # spikingjelly's LIF decays by 1/tau per step: tau <= 1 would overshoot (it asserts tau > 1)
+        check_number("model.tau", tau, 1.0, low_open=True, what=" (the LIF membrane time constant)")
+        check_number("model.weight_decay", weight_decay, 0.0)
+        check_number("model.momentum", momentum, 0.0, 1.0, high_open=True)
         self.save_hyperparameters()
         self.kind = kind
         # Read by the attacks' query helpers: None marks an ANN. Settable for

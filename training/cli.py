@@ -89,6 +89,9 @@ def check_run_settings(cfg, subcommand: str | None) -> None:
     if cfg.seed_everything is not False and cfg.seed_everything is not True:
         check_int("seed_everything", cfg.seed_everything, 0, SEED_MAX)
     check_int("data.seed", cfg.data.seed, 0, SEED_MAX)
+    if cfg.data.model_index is not None:  # before seed_everything + index is used as a seed
+        check_int("data.model_index", cfg.data.model_index, 0, cfg.data.num_references if
+                  isinstance(cfg.data.num_references, int) else None, what=" (0 = target, 1..K = references) or null")
     epochs = cfg.trainer.get("max_epochs")
     if subcommand in (None, "fit") and epochs is not None and not (isinstance(epochs, int) and epochs >= 1):
         raise ConfigError(f"trainer.max_epochs={epochs!r} is not allowed; expected an integer >= 1 (the audit and "
@@ -111,6 +114,15 @@ class AuditCLI(LightningCLI):
         parser.link_arguments("run_dir", "data.run_dir")
         for key in LINKED:
             parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads --ckpt_path's hyper-parameters right after parsing: check the file
+        # first (weights only, its recorded hash), so a corrupt or malicious one is one line.
+        sub = self.config.get("subcommand")
+        path = self.config[sub].get("ckpt_path") if sub else None
+        if path:
+            read_checkpoint(path, label=f"ckpt_path={str(path)!r}")
+        super()._parse_ckpt_path()
 
     @property
     def _cfg(self):

@@ -34,6 +34,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerStatus
 
 from core.errors import ConfigError
+from core.faults import kill_point
 from core.rundir import (ModelLock, checkpoint_path, done_path, file_sha256, finished_models, model_dir,
                          read_checkpoint, requeue_checkpoints, sidecar, write_checkpoint_file, write_done)
 from core.seeds import derive_seed
@@ -64,8 +65,8 @@ class EpochSeeds(L.Callback):
     what ran before it in the process (an audit pass, the references trained before the
     target, a resume)."""
 
-    def __init__(self, seed: int):
-        self.seed = int(seed)
+    def __init__(self, seed: int, index: int = 0):
+        self.seed, self.index = int(seed), index
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if hasattr(trainer.datamodule, "train_seed"):
@@ -76,6 +77,9 @@ class EpochSeeds(L.Callback):
         torch.manual_seed(seed)
         np.random.seed(seed % 2**32)
         random.seed(seed)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        kill_point(f"batch:model_{self.index}:{trainer.current_epoch}:{batch_idx}")  # kill tests only
 
 
 def checkpoint_callback(run_dir, index: int) -> ModelCheckpoint:
@@ -90,7 +94,7 @@ def own_callbacks(cfg, index: int) -> list:
     """The callbacks every trainer of a model gets: its checkpoint, and the epoch seeds."""
     out = [checkpoint_callback(cfg.run_dir, index)]
     if cfg.seed_everything is not False:
-        out.append(EpochSeeds(int(cfg.seed_everything) + index))
+        out.append(EpochSeeds(int(cfg.seed_everything) + index, index))
     return out
 
 
@@ -135,10 +139,10 @@ def fit_run(trainer, model, datamodule, cfg, ckpt_path=None) -> None:
     # torchrun they start now and read it in setup(), after Lightning's prepare_data
     # barrier: prepare_data_per_node=False keeps every other node from writing it too).
     if trainer.global_rank == 0:
-        datamodule.prepare_data()
-        for cb in trainer.callbacks:  # settings that depend on the plan, before anything trains
+        for cb in trainer.callbacks:  # settings that depend on the plan, before anything is written
             if hasattr(cb, "check_data"):
                 cb.check_data(datamodule)
+        datamodule.prepare_data()
     datamodule.prepare_data_per_node = False
     if cfg.data.model_index is None:
         K = datamodule.num_references
