@@ -28,6 +28,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.rundir import finished_models
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # run.py flags that may be passed through; the rest is set per job from the SLURM options.
@@ -62,7 +64,7 @@ class SlurmOptions:
     job_name: str | None = None      # prefix of the job names; None: run_dir's folder name
     setup: list[str] = field(default_factory=list)  # shell lines before srun: module load, venv activate
     extra_directives: list[str] = field(default_factory=list)  # e.g. --constraint=a100
-    python: str = "python"
+    python: str = field(default_factory=lambda: sys.executable)  # the Python running `submit`
     wandb_offline: bool = True       # compute nodes usually have no network; `wandb sync` afterwards
     audit: bool = False              # add audit.sbatch (run.py audit) after the target
     audit_queries: str | None = None     # run.py audit --queries, e.g. '[plain, flip]'
@@ -138,8 +140,8 @@ def load_config(args: list[str]) -> dict:
         raise SlurmError(str(err)) from None
 
 
-def study(args: list[str]) -> tuple[str, int, dict]:
-    """(run_dir, K, trainer config) of the run.py arguments, checked."""
+def study(args: list[str]) -> tuple[str, int, dict, dict]:
+    """(run_dir, K, trainer config, data config) of the run.py arguments, checked."""
     check_passthrough(args)
     cfg = load_config(args)
     run_dir = cfg.get("run_dir")
@@ -154,7 +156,33 @@ def study(args: list[str]) -> tuple[str, int, dict]:
     if trainer.get("default_root_dir") is not None:
         raise SlurmError(f"trainer.default_root_dir={trainer['default_root_dir']!r} is not allowed with submit: "
                          f"{SET_PER_JOB['trainer.default_root_dir']}; allowed: null")
-    return run_dir, k, trainer
+    return run_dir, k, trainer, cfg.get("data") or {}
+
+
+def resources_from_data(options: SlurmOptions, data: dict) -> None:
+    """Unset --cpus_per_task from the config's data.num_workers (one CPU per loader worker,
+    plus the training process), and --mem from that (4 GB per CPU, a common ratio on GPU
+    nodes; set --mem for your cluster)."""
+    workers = data.get("num_workers") or 0
+    if options.cpus_per_task is None:
+        options.cpus_per_task = int(workers) + 1
+    if options.mem is None:
+        options.mem = f"{4 * options.cpus_per_task}G"
+
+
+def check_data(data: dict, workdir: Path) -> None:
+    """The dataset is readable where the jobs will run (relative roots resolve in the workdir):
+    a missing CIFAR with download false would otherwise fail every array task after its wait."""
+    from core.errors import ConfigError
+    from datamodules import load_pool
+
+    if data.get("download"):
+        return
+    root = Path(data.get("root") or "data")
+    try:
+        load_pool(data.get("dataset", "digits"), root if root.is_absolute() else workdir / root, False)
+    except ConfigError as err:
+        raise SlurmError(str(err)) from None
 
 
 # -- the scripts ------------------------------------------------------------------------------
@@ -172,13 +200,28 @@ def command(words: list[str]) -> str:
     return " \\\n    ".join(" ".join(g) for g in groups)
 
 
+def array_spec(indices: list[int]) -> str:
+    """SLURM's --array list for these task ids: runs of consecutive ids as ranges, e.g. 1-3,5,7-8."""
+    runs: list[list[int]] = []
+    for k in sorted(indices):
+        if runs and k == runs[-1][1] + 1:
+            runs[-1][1] = k
+        else:
+            runs.append([k, k])
+    return ",".join(f"{a}-{b}" if b > a else str(a) for a, b in runs)
+
+
 def generate(config_args: list[str], run_dir: str, num_references: int, options: SlurmOptions,
-             strategy: str | None = "ddp") -> dict[str, str]:
-    """{file name: text} of references.sbatch (when K > 0), target.sbatch and audit.sbatch (when asked).
+             strategy: str | None = "ddp", references: list[int] | None = None,
+             target: bool = True) -> dict[str, str]:
+    """{file name: text} of references.sbatch (for the references to train), target.sbatch (when
+    the target is to train) and audit.sbatch (when asked).
 
     config_args: run.py flags shared by every job (--config, --data.*, ...), passed through quoted.
     strategy: the trainer strategy for more than one process (None: keep what the config says).
+    references: the references to train (default: all K); a resubmit passes the unfinished ones.
     """
+    references = list(range(1, num_references + 1)) if references is None else sorted(references)
     o = options
     workdir = Path(o.workdir or os.getcwd()).resolve()
     if re.search(r"\s", str(workdir)):
@@ -221,20 +264,22 @@ def generate(config_args: list[str], run_dir: str, num_references: int, options:
 
     fit = [o.python, run_py, "fit", *config_args]
     scripts = {}
-    if num_references:
+    if references:
         p = o.array_parallelism
-        array = f"1-{num_references}" + (f"%{p}" if p and p < num_references else "")
+        array = array_spec(references) + (f"%{p}" if p and p < len(references) else "")
+        which = "all K" if len(references) == num_references else f"{len(references)} unfinished of the K"
         scripts["references.sbatch"] = script(
-            "refs", f"The K = {num_references} reference models of {run_dir}: array task k trains "
+            "refs", f"{which} = {num_references} reference models of {run_dir}: array task k trains "
             f"{run_dir}/model_k.\nA finished model is skipped, an interrupted one resumes from its checkpoint.\n"
             f"Submit: mkdir -p {logs} && sbatch --parsable references.sbatch",
             ["srun " + command([*fit, "--data.model_index", Raw('"$SLURM_ARRAY_TASK_ID"'), *hardware])],
             array=array, dependent=False)
-    scripts["target.sbatch"] = script(
-        "target", f"The target of {run_dir} (model_0) with the MembershipAttack callback; it writes "
-        f"{run_dir}/audit/.\nSubmit after the references: sbatch --parsable --dependency=afterok:<references id> "
-        "target.sbatch",
-        ["srun " + command([*fit, "--data.model_index", "0", *hardware])])
+    if target:
+        scripts["target.sbatch"] = script(
+            "target", f"The target of {run_dir} (model_0) with the MembershipAttack callback; it writes "
+            f"{run_dir}/audit/.\nSubmit after the references: sbatch --parsable --dependency=afterok:<references id> "
+            "target.sbatch",
+            ["srun " + command([*fit, "--data.model_index", "0", *hardware])])
     if o.audit:
         extra = [*(["--queries", o.audit_queries] if o.audit_queries is not None else []),
                  *(["--latencies", o.audit_latencies] if o.audit_latencies is not None else [])]
@@ -317,7 +362,8 @@ def parser() -> argparse.ArgumentParser:
                    "e.g. 'source .venv/bin/activate'")
     p.add_argument("--extra_directive", action="append", dest="extra_directives",
                    help="another #SBATCH option (repeatable), e.g. --extra_directive=--constraint=a100")
-    p.add_argument("--python", help="the Python on the compute nodes (default: python)")
+    p.add_argument("--python", help="the Python on the compute nodes (default: the one running submit, "
+                   f"here {sys.executable})")
     p.add_argument("--wandb_offline", action=argparse.BooleanOptionalAction, default=None,
                    help="export WANDB_MODE=offline in the jobs (default: yes)")
     p.add_argument("--audit", action=argparse.BooleanOptionalAction, default=None,
@@ -365,25 +411,37 @@ def submit_main(argv: list[str]) -> int:
     try:
         flags, passthrough = parser().parse_known_args(argv)
         options = options_from(flags)
-        run_dir, k, trainer = study(passthrough)
+        run_dir, k, trainer, data = study(passthrough)
+        workdir = Path(options.workdir or os.getcwd()).resolve()
+        resources_from_data(options, data)
+        if flags.submit:  # the data must be there before anything waits in a queue for it
+            check_data(data, workdir)
+        finished = finished_models(workdir / run_dir, range(k + 1))
+        todo = [j for j in range(1, k + 1) if j not in finished]
+        if not todo and 0 in finished and not options.audit:
+            print(f"every model of {run_dir} has finished (model_*/done.json); nothing to submit. "
+                  "`run.py audit` re-attacks them; --audit adds an audit job.", file=sys.stderr)
+            return 0
         configured = trainer.get("strategy")
-        scripts = generate(passthrough, run_dir, k, options,
-                           strategy="ddp" if configured in (None, "auto") else None)
+        scripts = generate(passthrough, run_dir, k, options, strategy="ddp" if configured in (None, "auto") else None,
+                           references=todo, target=0 not in finished)
     except SlurmError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except SystemExit as err:  # run.py's parser printed its one-line error
         return err.code if isinstance(err.code, int) else 2
+    skipped = sorted(finished)
+    if skipped:
+        print(f"finished earlier, not submitted: {', '.join(f'model_{j}' for j in skipped)}", file=sys.stderr)
+    (workdir / run_dir / "slurm").mkdir(parents=True, exist_ok=True)  # SLURM does not create the log folder
     if not (flags.out or flags.submit):
         for name, text in scripts.items():
             print(f"# ==> {name} <==\n{text}")
         print("nothing written or submitted: --out DIR writes these scripts, --submit also sbatches them",
               file=sys.stderr)
         return 0
-    workdir = Path(options.workdir or os.getcwd()).resolve()
     out = Path(flags.out) if flags.out else workdir / run_dir / "slurm"
     out.mkdir(parents=True, exist_ok=True)
-    (workdir / run_dir / "slurm").mkdir(parents=True, exist_ok=True)  # SLURM does not create log folders
     paths = {}
     for name, text in scripts.items():
         paths[name] = out / name

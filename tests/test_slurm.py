@@ -11,6 +11,7 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -85,7 +86,7 @@ def test_scripts_have_the_directives_and_commands(tmp_path):
         assert "source .venv/bin/activate" in text and "export WANDB_MODE=offline" in text
         assert "wandb sync runs/small/model_*/wandb/offline-run-*" in text
         words = srun_words(text)
-        assert words[:4] == ["srun", "python", "run.py", "fit"] and words[4:10] == args[:6]
+        assert words[:4] == ["srun", sys.executable, "run.py", "fit"] and words[4:10] == args[:6]
         assert (flag(words, "--trainer.devices"), flag(words, "--trainer.num_nodes")) == ("2", "1")
         assert flag(words, "--trainer.accelerator") == "gpu" and flag(words, "--trainer.strategy") == "ddp"
     d = directives(refs)
@@ -117,7 +118,7 @@ def test_audit_job_runs_one_process_after_the_target():
     d, words = directives(text), srun_words(text)
     assert {"--nodes=1", "--ntasks-per-node=1", "--gres=gpu:1", "--kill-on-invalid-dep=yes"} <= set(d)
     assert not any(x.startswith("--signal") for x in d)  # Lightning handles SIGUSR1 only inside fit
-    assert words[:4] == ["srun", "python", "run.py", "audit"]
+    assert words[:4] == ["srun", sys.executable, "run.py", "audit"]
     assert flag(words, "--queries") == "[plain, flip]" and flag(words, "--latencies") == "[1, 2, 4]"
     assert flag(words, "--trainer.devices") == "1" and "--trainer.strategy" not in words
 
@@ -134,7 +135,7 @@ def test_bash_expands_the_array_task_id_and_keeps_quoted_values(tmp_path):
     subprocess.run(["bash", "-n", str(script)], check=True)
     subprocess.run(["bash", str(script)], check=True, env=env, cwd=tmp_path)
     (argv,) = calls(bin_dir, "srun")
-    assert argv[:3] == ["python", "run.py", "fit"]
+    assert argv[:3] == [sys.executable, "run.py", "fit"]
     assert flag(argv, "--references") == "{kind: ann, width: 0.5}" and flag(argv, "--data.model_index") == "3"
 
 
@@ -173,8 +174,10 @@ def test_a_failed_sbatch_stops_the_chain_and_names_what_to_cancel(tmp_path, fake
 def test_default_prints_the_scripts_and_submits_nothing(tmp_path, fake_sbatch, capsys):
     assert submit_main(small_study(tmp_path)) == 0
     out = capsys.readouterr().out
-    assert "# ==> references.sbatch <==" in out and "# ==> target.sbatch <==" in out and "srun python" in out
-    assert calls(fake_sbatch, "sbatch") == [] and not (tmp_path / "run").exists()
+    assert "# ==> references.sbatch <==" in out and "# ==> target.sbatch <==" in out
+    assert f"srun {sys.executable} " in out  # the Python that ran submit, not whatever `python` is on PATH
+    # nothing submitted; only the log folder that the scripts' --output points to is made
+    assert calls(fake_sbatch, "sbatch") == [] and [p.name for p in (tmp_path / "run").iterdir()] == ["slurm"]
 
 
 def test_out_writes_the_scripts_without_submitting(tmp_path, fake_sbatch):
@@ -355,4 +358,40 @@ def test_run_py_submit_prints_the_scripts(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "#SBATCH --array=1-2" in out and "--data.model_index \"$SLURM_ARRAY_TASK_ID\"" in out
     assert "--data.model_index 0" in out
-    assert not (tmp_path / "rd").exists()  # printing writes nothing
+    assert [p.name for p in (tmp_path / "rd").iterdir()] == ["slurm"]  # only the log folder
+
+
+def test_resubmit_submits_only_the_unfinished_models(tmp_path, fake_sbatch, capsys):
+    rd = tmp_path / "run"
+    for k in (1, 3):
+        (rd / f"model_{k}").mkdir(parents=True)
+        (rd / f"model_{k}" / "done.json").write_text("{}")
+    args = [*small_study(tmp_path), "--out", str(tmp_path / "a")]
+    assert submit_main(args) == 0
+    d = directives((tmp_path / "a" / "references.sbatch").read_text())
+    assert "--array=2,4" in d  # K = 4: only models 2 and 4 are left (2 tasks, so no %2 cap needed)
+    assert "finished earlier, not submitted: model_1, model_3" in capsys.readouterr().err
+    for k in (0, 2, 4):
+        (rd / f"model_{k}").mkdir(parents=True, exist_ok=True)
+        (rd / f"model_{k}" / "done.json").write_text("{}")
+    assert submit_main([*small_study(tmp_path), "--submit"]) == 0
+    assert calls(fake_sbatch, "sbatch") == []  # everything finished: nothing queued
+    assert "nothing to submit" in capsys.readouterr().err
+
+
+def test_cpus_and_memory_default_from_the_loader_workers(tmp_path):
+    args = [*small_study(tmp_path), "--data.num_workers", "7", "--out", str(tmp_path / "a")]
+    assert submit_main(args) == 0
+    d = directives((tmp_path / "a" / "target.sbatch").read_text())
+    assert "--cpus-per-task=8" in d and "--mem=32G" in d
+    assert submit_main([*args, "--cpus_per_task", "2", "--mem", "5G"]) == 0
+    d = directives((tmp_path / "a" / "target.sbatch").read_text())
+    assert "--cpus-per-task=2" in d and "--mem=5G" in d
+
+
+def test_missing_data_is_refused_before_anything_is_queued(tmp_path, fake_sbatch, capsys):
+    args = [*small_study(tmp_path), "--data.dataset", "cifar10", "--data.root", str(tmp_path / "no_data"), "--submit"]
+    assert submit_main(args) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "cifar10" in last and "no_data" in last
+    assert calls(fake_sbatch, "sbatch") == []
