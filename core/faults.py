@@ -1,19 +1,31 @@
-"""Fault injection for the kill tests: SNN_MIA_KILL_AT=<glob> makes the process kill itself
-with SIGKILL (as `kill -9` would) the first time it reaches a point whose name matches.
+"""Fault injection for the kill and cluster tests: SNN_MIA_KILL_AT=<glob> makes the process
+kill itself with SIGKILL (as `kill -9` would) the first time it reaches a point whose name
+matches; SNN_MIA_PAUSE_AT=<glob> makes it sleep SNN_MIA_PAUSE_S seconds there instead (a
+window in which a test sends a signal, as a cluster would).
 
 Points: `batch:model_<k>:<epoch>:<batch>` (after a training batch), `audit:model_<k>:epoch_<e>`
-(inside an epoch's audit, after the target's first query pass), and `write:<path>` (inside an
-atomic write, after the temporary file is written and before it replaces <path>). Unset, the
-check costs one dictionary lookup."""
+(inside an epoch's audit, after the target's first query pass), `fitted:model_<k>` (after a
+model's training returned, before its done.json) and `write:<path>` (inside an atomic write,
+after the temporary file is written and before it replaces <path>). Unset, the check costs
+two dictionary lookups."""
 
 from __future__ import annotations
 
 import fnmatch
 import os
 import signal
+import sys
+import time
 
 
 def kill_point(name: str) -> None:
     pattern = os.environ.get("SNN_MIA_KILL_AT")
     if pattern and fnmatch.fnmatchcase(name, pattern):
         os.kill(os.getpid(), signal.SIGKILL)
+    pause = os.environ.get("SNN_MIA_PAUSE_AT")
+    if pause and fnmatch.fnmatchcase(name, pause):
+        seconds = float(os.environ.get("SNN_MIA_PAUSE_S", "30"))
+        print(f"pausing {seconds:g} s at {name} (SNN_MIA_PAUSE_AT)", file=sys.stderr, flush=True)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:  # a signal handler may cut a sleep short: sleep out the rest
+            time.sleep(max(0.0, end - time.monotonic()))

@@ -204,6 +204,7 @@ def train_model(trainer, model, datamodule, cfg, ckpt_path=None) -> None:
             check_same_settings(hparams, model, f"checkpoint {ckpt_path}")
         with requeue_signal_window():
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        kill_point(f"fitted:model_{index}")  # tests only: a window after training, before done.json
         last = checkpoint_path(run_dir, index)
         if trainer.state.status != TrainerStatus.FINISHED or not trainer.is_global_zero or not last.is_file():
             return

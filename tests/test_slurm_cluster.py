@@ -1,0 +1,135 @@
+"""`run.py submit --submit` on a real SLURM cluster (one node on this machine): the reference
+array, the afterok chain and the audit job; a target requeued mid-training by SIGUSR1; and a
+reference that gets SLURM's time-limit signal after its training finished.
+
+.ci/run starts the cluster with tests/slurm/start_cluster.sh (Debian's slurm-wlm and munge,
+about a minute to install, a second to start). Where no cluster answers, these tests skip and
+say how to start one; tests/test_slurm.py covers the scripts with a fake sbatch.
+"""
+
+import json
+import re
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from cluster.slurm import submit_main
+
+pytestmark = pytest.mark.slow
+
+TINY = ["--data.num_references", "2", "--trainer.max_epochs", "2", "--model.width", "0.5",
+        "--trainer.enable_progress_bar", "false", "--gpus_per_node", "0", "--time", "20"]
+
+
+def _cluster_up() -> bool:
+    if not shutil.which("sbatch") or not shutil.which("sinfo"):
+        return False
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return any(s.strip().rstrip("*") in ("idle", "mixed", "allocated") for s in out.split())
+
+
+if not _cluster_up():
+    pytest.skip("no SLURM cluster answers here (sinfo); `bash tests/slurm/start_cluster.sh` starts a one-node "
+                "cluster (root, Debian's slurm-wlm and munge)", allow_module_level=True)
+
+
+@pytest.fixture(autouse=True)
+def job_env(monkeypatch):
+    # sbatch hands the submitting environment to the jobs: one thread each (2 cores, 2 tasks at once)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("SNN_MIA_KILL_AT", raising=False)
+    monkeypatch.delenv("SNN_MIA_PAUSE_AT", raising=False)
+
+
+def job(jid: str) -> dict:
+    """scontrol's record of a job (or an array task, e.g. '12_1'): {JobState, ExitCode, Restarts, ...}."""
+    out = subprocess.run(["scontrol", "-o", "show", "job", jid], capture_output=True, text=True).stdout
+    return dict(re.findall(r"(\w+)=(\S*)", out.splitlines()[0])) if out.strip() else {}
+
+
+def wait(jids: list[str], timeout: float, until=("COMPLETED",)) -> dict:
+    end = time.time() + timeout
+    states = {}
+    while time.time() < end:
+        states = {j: job(j).get("JobState") for j in jids}
+        if all(s in until or s in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL") for s in states.values()):
+            return states
+        time.sleep(2)
+    raise AssertionError(f"jobs still not done after {timeout:.0f} s: {states}")
+
+
+def submit(capsys, *args) -> dict[str, str]:
+    assert submit_main([*args, "--submit"]) == 0, capsys.readouterr().err
+    ids = dict(pair.split("=") for pair in capsys.readouterr().out.split())
+    return ids
+
+
+def test_the_reference_array_the_target_and_the_audit_run_in_order(tmp_path, capsys):
+    rd = tmp_path / "run"
+    ids = submit(capsys, "--run_dir", str(rd), *TINY, "--audit")
+    assert set(ids) == {"references", "target", "audit"}
+    tasks = [f"{ids['references']}_1", f"{ids['references']}_2"]
+    states = wait([*tasks, ids["target"], ids["audit"]], timeout=600)
+    logs = "\n".join(p.read_text() for p in sorted((rd / "slurm").glob("*.out")))
+    assert set(states.values()) == {"COMPLETED"}, (states, logs[-3000:])
+    for k in (0, 1, 2):
+        assert json.loads((rd / f"model_{k}" / "done.json").read_text())["model_index"] == k
+    report = json.loads((rd / "audit" / "report.json").read_text())
+    assert report["settings"]["references"] == [1, 2] and "rmia_online" in report["attacks"]
+    # the audit job read the references' signals that the target job cached, and queried the target once
+    assert report["settings"]["signal_cache"] == {"hits": 2, "misses": 1}
+    assert all(0 <= m["auc"] <= 1 for m in report["attacks"].values())
+
+
+def test_a_target_requeued_mid_training_resumes_and_finishes(tmp_path, capsys):
+    rd = tmp_path / "run"
+    ids = submit(capsys, "--run_dir", str(rd), *TINY[2:], "--data.num_references", "0", "--trainer.max_epochs", "12")
+    jid = ids["target"]
+    last = rd / "model_0" / "checkpoints" / "last.ckpt"
+    end = time.time() + 300
+    while not last.is_file():  # at least one epoch done: the requeue must not start from scratch
+        assert time.time() < end and job(jid).get("JobState") in ("PENDING", "RUNNING"), job(jid)
+        time.sleep(1)
+    subprocess.run(["scancel", "--signal=USR1", jid], check=True)  # what SLURM sends before the time limit
+    end = time.time() + 120
+    while job(jid).get("Restarts", "0") == "0":
+        assert time.time() < end, f"not requeued: {job(jid)}"
+        time.sleep(1)
+    # A requeued job waits about two minutes before it may start again: let it start now.
+    subprocess.run(["scontrol", "update", f"JobId={jid}", "StartTime=now"], capture_output=True)
+    states = wait([jid], timeout=600)
+    log = "\n".join(p.read_text() for p in (rd / "slurm").glob("*.out"))
+    assert states[jid] == "COMPLETED", log[-3000:]
+    assert "resuming model_0 from" in log and "hpc_ckpt_" in log
+    report = json.loads((rd / "audit" / "report.json").read_text())
+    assert [h["epoch"] for h in report["history"]] == list(range(12))  # every epoch, once
+    assert not list((rd / "model_0").glob("hpc_ckpt_*"))
+
+
+def test_a_signal_after_training_finished_ends_the_job_completed(tmp_path, capsys, monkeypatch):
+    rd = tmp_path / "run"
+    for k in (0, 2):  # only reference 1 is left to train: the resubmit logic queues just it
+        (rd / f"model_{k}").mkdir(parents=True)
+        (rd / f"model_{k}" / "done.json").write_text("{}")
+    monkeypatch.setenv("SNN_MIA_PAUSE_AT", "fitted:model_1")  # a window after fit, before exit
+    monkeypatch.setenv("SNN_MIA_PAUSE_S", "20")
+    ids = submit(capsys, "--run_dir", str(rd), *TINY)
+    assert set(ids) == {"references"}
+    task = f"{ids['references']}_1"
+    log = rd / "slurm" / f"{rd.name}-refs-{ids['references']}_1.out"
+    end = time.time() + 300
+    while not (log.is_file() and "pausing" in log.read_text()):
+        assert time.time() < end and job(task).get("JobState") in ("PENDING", "RUNNING"), job(task)
+        time.sleep(1)
+    subprocess.run(["scancel", "--signal=USR1", task], check=True)  # as the time-limit signal would
+    states = wait([task], timeout=120)
+    text = log.read_text()
+    assert states[task] == "COMPLETED" and job(task).get("ExitCode") == "0:0", text[-2000:]
+    assert "after training finished" in text
+    assert (rd / "model_1" / "done.json").is_file()
