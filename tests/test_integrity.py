@@ -263,8 +263,11 @@ def test_a_report_dir_inside_a_model_folder_is_refused(rd, capsys):
 def test_a_corrupt_target_checkpoint_is_refused_by_test(rd, capsys):
     path = rd / "model_0" / "checkpoints" / "last.ckpt"
     path.write_bytes(path.read_bytes()[:3000])
+    before = snapshot(rd)
     assert run.main(["test", "--run_dir", str(rd), *QUIET, *SMALL]) == 2
-    assert str(path) in last_line(capsys)
+    line = last_line(capsys)
+    assert line.startswith("error: ") and str(path) in line, line
+    assert snapshot(rd) == before
 
 
 def test_a_malicious_ckpt_path_is_refused_in_one_line(rd, tmp_path, capsys):
