@@ -102,8 +102,9 @@ class MembershipAttack(L.Callback):
         if not self._active(trainer):
             return
         self._audited_this_fit = False
-        # Query bars follow Lightning's: none when its progress bar is off (logs, CI).
-        self._bars = self.progress and trainer.progress_bar_callback is not None
+        # Query bars follow the epoch progress: none when it is off, or writes to a log file.
+        bar = trainer.progress_bar_callback
+        self._bars = self.progress and bar is not None and getattr(bar, "interactive", True)
         self._prepare(dm, pl_module, Ranks.of(trainer))  # every rank: reference signals are queried sharded
 
     def _prepare(self, dm, pl_module, ranks: Ranks | None = None) -> None:

@@ -25,6 +25,7 @@ from core.rundir import checkpoint_path, model_dir, read_checkpoint
 from datamodules import MembershipDataModule
 from lightning_modules import Classifier
 
+from .console import quiet_lightning
 from .fit import fit_run, fresh_trainer_kwargs, own_callbacks, with_atomic_checkpoints
 from .loggers import ConfigToLoggers, make_logger
 
@@ -223,6 +224,7 @@ def cli_main(args: list[str] | None = None, run: bool = True, cli_class: type[Au
 
 def run_cli(args: list[str]) -> int:
     """One of fit, validate, test, audit: 0 done, 2 a ConfigError (one line on stderr)."""
+    quiet_lightning()
     try:
         cli_main(args)
     except ConfigError as err:

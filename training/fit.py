@@ -41,6 +41,7 @@ from core.seeds import derive_seed
 from datamodules import MembershipDataModule
 from lightning_modules import Classifier
 
+from .console import EpochProgress, say
 from .loggers import make_logger
 
 
@@ -90,11 +91,18 @@ def checkpoint_callback(run_dir, index: int) -> ModelCheckpoint:
                            enable_version_counter=False)
 
 
+def role(index: int) -> str:
+    return "the target" if index == 0 else f"reference {index}"
+
+
 def own_callbacks(cfg, index: int) -> list:
-    """The callbacks every trainer of a model gets: its checkpoint, and the epoch seeds."""
+    """The callbacks every trainer of a model gets: its checkpoint, the epoch seeds, and the
+    epoch progress (unless trainer.enable_progress_bar is false)."""
     out = [checkpoint_callback(cfg.run_dir, index)]
     if cfg.seed_everything is not False:
         out.append(EpochSeeds(int(cfg.seed_everything) + index, index))
+    if cfg.trainer.get("enable_progress_bar") is not False:
+        out.append(EpochProgress(f"model_{index}"))
     return out
 
 
@@ -144,20 +152,26 @@ def fit_run(trainer, model, datamodule, cfg, ckpt_path=None) -> None:
                 cb.check_data(datamodule)
         datamodule.prepare_data()
     datamodule.prepare_data_per_node = False
+    speak = trainer.global_rank == 0  # under DDP every rank runs this; one prints
+    index = datamodule.index
     if cfg.data.model_index is None:
         K = datamodule.num_references
         todo = [k for k in range(1, K + 1) if k not in finished_models(run_dir, range(1, K + 1))]
-        say = trainer.global_rank == 0  # under DDP every rank runs this loop; one prints
-        if K and say:
-            print(f"references: {K - len(todo)}/{K} finished; training {todo or 'none'}", file=sys.stderr)
+        total = len(todo) + (0 if done_path(run_dir, 0).is_file() else 1)
+        if K and speak and len(todo) < K:
+            say(f"{K - len(todo)} of {K} references finished earlier; {len(todo)} to train")
         for n, k in enumerate(todo, 1):
-            if say:
-                print(f"[reference {n}/{len(todo)}] model_{k}", file=sys.stderr)
+            if speak:
+                say(f"model {n} of {total}: {role(k)} (model_{k})")
             ref_trainer, reference, dm = reference_parts(k, model, datamodule, cfg, type(trainer))
             # Same run, same plan: rank 0 hands over the one it checked (ddp_spawn trains in other
             # processes, so this one's setup() never runs, and done.json needs the plan).
             dm.plan, dm.prepare_data_per_node = datamodule.plan, False
             train_model(ref_trainer, reference, dm, cfg, None)
+        if speak and not done_path(run_dir, 0).is_file():
+            say(f"model {total} of {total}: {role(0)} (model_0), audited at every epoch")
+    elif speak and not done_path(run_dir, index).is_file():
+        say(f"model_{index}: {role(index)}")
     train_model(trainer, model, datamodule, cfg, ckpt_path)
 
 
@@ -186,8 +200,9 @@ def train_model(trainer, model, datamodule, cfg, ckpt_path=None) -> None:
     its done.json once everything it owes exists."""
     run_dir, index = cfg.run_dir, datamodule.index
     if done_path(run_dir, index).is_file() and ckpt_path is None:
-        print(f"model_{index} finished earlier ({done_path(run_dir, index)}); skipping. "
-              f"`run.py audit` re-attacks it; a new --run_dir retrains.", file=sys.stderr)
+        if trainer.global_rank == 0:
+            say(f"model_{index} finished earlier ({done_path(run_dir, index)}); skipping. "
+                f"`run.py audit` re-attacks it; a new --run_dir retrains.")
         return
     lock = ModelLock(run_dir, index) if trainer.global_rank == 0 else None
     if lock is not None:
@@ -197,7 +212,7 @@ def train_model(trainer, model, datamodule, cfg, ckpt_path=None) -> None:
             found = resume_checkpoint(run_dir, index)
             if found is not None:
                 ckpt_path = str(found)
-                print(f"resuming model_{index} from {ckpt_path}", file=sys.stderr)
+                say(f"resuming model_{index} from {ckpt_path}")
         if ckpt_path is not None:  # refused in one line before Lightning unpickles it
             hparams, _, _ = read_checkpoint(ckpt_path, label=f"checkpoint {ckpt_path}",
                                             hint=f"it cannot be resumed; delete it to retrain model_{index} from scratch")
