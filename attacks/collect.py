@@ -9,6 +9,8 @@ twice (DistributedSampler pads by repeating) is kept once, first seen wins.
 ``query_signals_by_latency`` reads an SNN's readout at every step (``forward_steps``)
 once, at T = max(latencies), and gives the signals of its mean over the first t steps
 for every requested t (a direct-encoded SNN run for t steps gives the same logits).
+An SNN whose network returns logits only, no readout per step, says so with
+``step_readout = False``; ``query_signals_by_latency`` refuses it.
 
 One pass over the loader, queries inside the batch loop, signals reduced per
 batch (the [Q, N, C] logits are never held by ``query_signals``), results kept
@@ -197,7 +199,9 @@ def query_signals_by_latency(model, loader, strategy, latencies, *, seed: int = 
     an SNN with direct encoding whose state is reset in ``forward_steps``. For
     stochastic (e.g. Poisson) encodings the spike trains of a t-step run need not be the
     prefix of a T-step run's; then this is the T-step run read out early, not a t-step run.
-    Requires ``model.forward_steps`` and an int ``model.T`` (an SNN); ValueError otherwise.
+    Requires ``model.forward_steps`` and an int ``model.T`` (an SNN), and no
+    ``model.step_readout`` set to False (a network that returns [B, C] only); ValueError
+    otherwise.
     """
     _check_temperature(temperature)
     latencies = check_latencies(latencies)
@@ -205,6 +209,9 @@ def query_signals_by_latency(model, loader, strategy, latencies, *, seed: int = 
             or not isinstance(getattr(model, "T", None), int):
         raise ValueError("query_signals_by_latency needs an SNN: a model with forward_steps(x) -> [T, B, C] and "
                          f"an int T; got {type(model).__name__} with T={getattr(model, 'T', None)!r}")
+    if getattr(model, "step_readout", True) is False:
+        raise ValueError(f"query_signals_by_latency needs a readout per time step; {type(model).__name__} says it has "
+                         "none (step_readout=False: its network returns logits [B, C] only)")
 
     def reduce(steps: Tensor, y: Tensor):  # steps [Q, T, B, C], y [B]
         # Per query, the same op as the model's forward (steps.mean(0)), so that t = T is bit-identical.

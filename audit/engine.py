@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from lightning_modules import net_name
+
 from .cache import cached_signals_by_latency
 from .distributed import Ranks
 from .report import table, write_report
@@ -18,9 +20,10 @@ from .signals import subset
 
 
 def model_facts(hparams) -> dict:
-    """kind, arch and T (None for an ANN) of a model's hyper-parameters or done.json record."""
+    """kind, arch (model.net's class_path for a network of your own) and T (None for an ANN)
+    of a model's hyper-parameters or done.json record."""
     get = hparams.get
-    return {"kind": get("kind"), "arch": get("arch"), "T": get("T") if get("kind") == "snn" else None}
+    return {"kind": get("kind"), "arch": net_name(hparams), "T": get("T") if get("kind") == "snn" else None}
 
 
 class Audit:

@@ -38,7 +38,8 @@ def check_audit(run_dir, target_index: int, settings: AuditSettings, latencies=N
     settings.check()
     done = read_done(run_dir, target_index)
     trained_T = model_facts(done)["T"]
-    return {"done": done, "trained_T": trained_T, "latencies": check_latencies(latencies, trained_T, target_index),
+    return {"done": done, "trained_T": trained_T,
+            "latencies": check_latencies(latencies, trained_T, target_index, done.get("step_readout", True)),
             "report_dir": check_report_dir(report_dir, run_dir, target_index)}
 
 

@@ -83,8 +83,10 @@ class AuditSettings:
                 "audit_subset": self.audit_subset, **self.score_kwargs}
 
 
-def check_latencies(latencies, trained_T: int | None, index: int) -> list[int] | None:
-    """`run.py audit --latencies`: None, or a non-empty list of integers >= 1, for an SNN only."""
+def check_latencies(latencies, trained_T: int | None, index: int, step_readout: bool | None = True) -> list[int] | None:
+    """`run.py audit --latencies`: None, or a non-empty list of integers >= 1, for an SNN only;
+    a latency other than the trained T only for an SNN with a readout per time step
+    (`step_readout`, from its done.json)."""
     if latencies is None:
         return None
     if not isinstance(latencies, (list, tuple)) or not latencies \
@@ -92,6 +94,10 @@ def check_latencies(latencies, trained_T: int | None, index: int) -> list[int] |
         raise ConfigError(f"latencies={latencies!r} is not allowed; expected null or a non-empty list of integers >= 1")
     if trained_T is None:
         raise ConfigError(f"latencies={list(latencies)!r}: model {index} is an ANN; latencies apply to SNNs only")
+    if step_readout is False and any(t != trained_T for t in latencies):
+        raise ConfigError(f"latencies={list(latencies)!r}: model {index}'s model.net returns logits [B, classes], "
+                          f"not a readout per time step; latency audits need a network that returns "
+                          f"[T, B, classes] (only its trained T={trained_T} can be audited)")
     return list(latencies)
 
 

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from attacks import query_signals, query_signals_by_latency
+from core.errors import ConfigError
 
 from .distributed import Ranks, merge_shards, pack_shard, shard_loader
 
@@ -72,6 +73,11 @@ def compute_signals(model, datamodule, strategy, *, seed: int = 0, T: int | None
     [Q, Z]}; under DDP (`ranks` sharded) every rank must call it, and only rank 0 gets the
     signals (else None)."""
     if T is not None and getattr(model, "T", None) is not None:
+        if T != model.T and getattr(model, "step_readout", True) is False:
+            # The target is refused up front (check_latencies); this catches a reference.
+            raise ConfigError(f"latency T={T}: a model.net that returns logits [B, classes] has no readout per time "
+                              f"step and is audited at its trained T={model.T} only; latency audits need a network "
+                              f"that returns [T, B, classes]")
         model.T = T
     out = _both_splits(model, datamodule, strategy, None, seed=seed, device=device, progress=progress,
                        audit_positions=audit_positions, ranks=ranks)
@@ -93,7 +99,9 @@ def one_pass_latencies(model) -> bool:
     """Whether the signals at several latencies t may come from one run at T = max(t), read
     out early: an SNN with direct encoding, whose steps are causal and whose input for t
     steps (the image, or per-time-step query masks, which depend on the step, not on T) is
-    the prefix of its input for T steps; its state is reset in every forward_steps.
+    the prefix of its input for T steps; its state is reset in every forward_steps. Not for
+    a network of your own that returns [B, classes] (`step_readout` False): it has no steps
+    to read.
 
     Not with Poisson encoding: the spike trains come from a generator seeded per forward,
     and only a generator that fills a tensor in order makes the first t steps of a T-step
@@ -102,7 +110,7 @@ def one_pass_latencies(model) -> bool:
     depend on the device or on which other latencies were asked for, so Poisson SNNs run
     once per latency."""
     return getattr(model, "T", None) is not None and getattr(model, "encoding", None) == "direct" \
-        and callable(getattr(model, "forward_steps", None))
+        and callable(getattr(model, "forward_steps", None)) and getattr(model, "step_readout", True) is not False
 
 
 def with_probability(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

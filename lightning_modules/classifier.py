@@ -1,5 +1,6 @@
 """One LightningModule for both targets: an ANN, or a surrogate-gradient SNN built
-from the same architecture (spikingjelly, multi-step, T time steps).
+from the same architecture (spikingjelly, multi-step, T time steps), or your own
+network of either kind (`model.net`, user_net.py).
 
 The module is what the attacks query black-box: `model(x)` returns logits [B, classes].
 For an SNN, x may be [B, C, H, W] (encoded here, repeated over T steps for direct
@@ -24,6 +25,7 @@ from core.errors import ConfigError, check_choice, check_int, check_number, firs
 from core.rundir import read_checkpoint
 from .conversion import INITS, check_convert_mode, initialise
 from .networks import ARCHS, NEURONS, SURROGATES, Normalize, build_network
+from .user_net import build_user_net, check_contract
 
 KINDS = ("ann", "snn")
 ENCODINGS = ("direct", "poisson")
@@ -36,6 +38,7 @@ class Classifier(L.LightningModule):
         self,
         kind: str = "snn",
         arch: str = "cnn",
+        net: dict | None = None,
         T: int = 4,
         neuron: str = "lif",
         surrogate: str = "atan",
@@ -60,7 +63,14 @@ class Classifier(L.LightningModule):
         """
         Args:
             kind: ann (ReLU) or snn (spiking neurons, surrogate gradients).
-            arch: cnn, vgg16 or resnet18.
+            arch: cnn, vgg16, resnet18 or resnet34.
+            net: your own network instead of arch: {class_path: package.module.Class, init_args:
+                {...}}, any torch.nn.Module that keeps the contract of user_net.py (ANN: logits
+                [B, classes]; SNN: [T, B, ...] in, [T, B, classes] or [B, classes] out). It is
+                built, and checked on one small batch, whenever the model is built; neuron,
+                surrogate, tau, v_threshold and width do not apply to it. A spec, not a
+                module: the hyper-parameters stay plain data, so that a checkpoint reloads
+                with weights_only=True.
             T: SNN time steps (latency); ignored by an ANN.
             neuron: lif or if.
             surrogate: atan or sigmoid surrogate gradient of the spike.
@@ -95,6 +105,9 @@ class Classifier(L.LightningModule):
         check_choice("model.optimizer", optimizer, OPTIMIZERS)
         check_choice("model.scheduler", scheduler, SCHEDULERS)
         check_choice("model.init", init, INITS)
+        if init == "converted" and net is not None:
+            raise ConfigError(f"model.init='converted' is not allowed with model.net={net!r}; conversion builds an SNN "
+                              f"of a built-in model.arch (set model.net=null, or model.init=scratch)")
         if init == "converted":
             for key, value, need in (("model.kind", kind, "snn"), ("model.neuron", neuron, "if"),
                                      ("model.encoding", encoding, "direct")):
@@ -125,11 +138,15 @@ class Classifier(L.LightningModule):
         self.input_shape = tuple(input_shape)
         mean, std = normalization if normalization is not None else ([0.0] * input_shape[0], [1.0] * input_shape[0])
         self.normalize = Normalize(mean, std)
-        self.net = build_network(arch, kind, input_shape, num_classes, width,
-                                 **({} if kind == "ann" else dict(neuron_type="scaled_if" if init == "converted" else neuron,
-                                                                  surrogate_name=surrogate,
-                                                                  tau=tau, v_threshold=v_threshold,
-                                                                  v_init=convert_v_init)))
+        if net is not None:
+            self.net = build_user_net(net, num_classes, input_shape)
+            if kind == "snn":  # what a user forgets: spikingjelly layers default to single-step
+                functional.set_step_mode(self.net, "m")
+        else:
+            spiking = {} if kind == "ann" else dict(neuron_type="scaled_if" if init == "converted" else neuron,
+                                                    surrogate_name=surrogate, tau=tau, v_threshold=v_threshold,
+                                                    v_init=convert_v_init)
+            self.net = build_network(arch, kind, input_shape, num_classes, width, **spiking)
         if init == "converted":
             # False until the weights and thresholds came from init_from: a resumed or
             # reloaded checkpoint has True here and is not converted again.
@@ -137,6 +154,11 @@ class Classifier(L.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        # Whether forward_steps has a readout per time step (what latency audits read): every
+        # built-in SNN; a user SNN when its network returns [T, B, classes], not [B, classes].
+        self.step_readout = kind == "snn"
+        if net is not None:
+            check_contract(self)  # sets step_readout from the network's output
 
     # -- rebuilding from a checkpoint ---------------------------------------------------
     @classmethod
@@ -147,6 +169,8 @@ class Classifier(L.LightningModule):
         try:
             model = cls(**{k: v for k, v in hparams.items() if k in allowed})
             model.load_state_dict(state)
+        except ConfigError:
+            raise  # a model.net that no longer imports or keeps its contract says so itself
         except Exception as err:
             raise ConfigError(f"{label} does not match its own hyper-parameters ({first_line(err)})") from None
         return model.eval()
@@ -175,8 +199,18 @@ class Classifier(L.LightningModule):
         """SNN readout at every time step: [T, B, classes]."""
         if self.kind != "snn":
             raise RuntimeError("forward_steps is for SNNs; this model is an ANN")
+        if not self.step_readout:
+            raise ConfigError(f"model.net={self.hparams.net['class_path']} returns logits [B, classes], not a readout "
+                              f"per time step [T, B, classes]; latency audits (run.py audit --latencies) and "
+                              f"forward_steps need a network that returns [T, B, classes]")
+        return self._snn_output(x)
+
+    def _snn_output(self, x: torch.Tensor) -> torch.Tensor:
+        """The SNN's network output for x, from rest: [T, B, classes] ([B, classes] for a user
+        network that reads out over time itself)."""
         functional.reset_net(self.net)  # no membrane potential may leak from the last query
-        if self.encoding == "direct" and x.dim() == len(self.input_shape) + 1 and self._opens_with_conv_bn():
+        if self.hparams.net is None and self.encoding == "direct" and x.dim() == len(self.input_shape) + 1 \
+                and self._opens_with_conv_bn():
             out = self._stem_once(x)
             for module in itertools.islice(self.net, 2, None):  # not net[2:]: that builds a Sequential per call
                 out = module(out)
@@ -184,7 +218,7 @@ class Classifier(L.LightningModule):
         return self.net(self.encode(x))
 
     def _opens_with_conv_bn(self) -> bool:
-        # Every architecture opens with conv, BN (networks._conv_bn); _stem_once relies on it.
+        # Every built-in architecture opens with conv, BN (networks._conv_bn); _stem_once relies on it.
         return isinstance(self.net[0], layer.Conv2d) and isinstance(self.net[1], layer.BatchNorm2d)
 
     def _stem_once(self, x: torch.Tensor) -> torch.Tensor:
@@ -211,7 +245,9 @@ class Classifier(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "ann":
             return self.net(self.normalize(x))
-        return self.forward_steps(x).mean(0)
+        if self.step_readout:
+            return self.forward_steps(x).mean(0)
+        return self._snn_output(x)  # a user network's own logits [B, classes]
 
     # -- training -----------------------------------------------------------------------
     def on_fit_start(self):

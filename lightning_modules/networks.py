@@ -23,7 +23,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from spikingjelly.activation_based import functional, layer, neuron, surrogate
 
-ARCHS = ("cnn", "vgg16", "resnet18")
+ARCHS = ("cnn", "vgg16", "resnet18", "resnet34")
 NEURONS = ("lif", "if")
 SURROGATES = ("atan", "sigmoid")
 
@@ -266,16 +266,28 @@ class BasicBlock(nn.Module):
         return self.act2(out + self.shortcut(x))
 
 
-def resnet18(in_shape, num_classes: int, act, width: float = 1.0) -> nn.Sequential:
-    """CIFAR-style ResNet-18: 3x3 stem, no stem pooling, [2, 2, 2, 2] basic blocks."""
+def _resnet(blocks, in_shape, num_classes: int, act, width: float = 1.0) -> nn.Sequential:
+    """CIFAR-style ResNet of basic blocks: 3x3 stem, no stem pooling, `blocks` per stage at
+    64-128-256-512 channels (width 1), the first block of stages 2-4 with stride 2."""
     widths = [max(4, round(v * width)) for v in (64, 128, 256, 512)]
     layers: list[nn.Module] = _conv_bn(in_shape[0], widths[0], act)
     cin = widths[0]
-    for i, cout in enumerate(widths):
-        for j in range(2):
+    for i, (cout, n) in enumerate(zip(widths, blocks)):
+        for j in range(n):
             layers.append(BasicBlock(cin, cout, 2 if (i > 0 and j == 0) else 1, act))
             cin = cout
     return nn.Sequential(*layers, layer.AdaptiveAvgPool2d(1), layer.Flatten(), layer.Linear(cin, num_classes))
+
+
+def resnet18(in_shape, num_classes: int, act, width: float = 1.0) -> nn.Sequential:
+    """CIFAR-style ResNet-18: [2, 2, 2, 2] basic blocks."""
+    return _resnet((2, 2, 2, 2), in_shape, num_classes, act, width)
+
+
+def resnet34(in_shape, num_classes: int, act, width: float = 1.0) -> nn.Sequential:
+    """CIFAR-style ResNet-34: [3, 4, 6, 3] basic blocks (He et al., 2016, Table 1), the same
+    stem and stages as resnet18."""
+    return _resnet((3, 4, 6, 3), in_shape, num_classes, act, width)
 
 
 @functools.cache
@@ -304,7 +316,8 @@ def keep_large_tensors_in_heap() -> bool:
 
 def build_network(arch: str, kind: str, in_shape, num_classes: int, width: float = 1.0, **neuron_kwargs) -> nn.Module:
     act = activation_factory(kind, **neuron_kwargs)
-    net = {"cnn": cnn, "vgg16": vgg16, "resnet18": resnet18}[arch](tuple(in_shape), num_classes, act, width)
+    builders = {"cnn": cnn, "vgg16": vgg16, "resnet18": resnet18, "resnet34": resnet34}
+    net = builders[arch](tuple(in_shape), num_classes, act, width)
     if kind == "snn":
         functional.set_step_mode(net, "m")
     return net

@@ -1,6 +1,7 @@
 """Every config a user can pass, loaded by what reads it. The folder says what a file
 configures (no file-name trick): configs/*.yaml, configs/paper/ and configs/trainer/ are
-run.py configs, configs/study/ study files, configs/slurm/ `run.py submit` options."""
+run.py configs, configs/study/ study files, configs/slurm/ `run.py submit` options;
+examples/*.yaml are run.py configs of networks of your own."""
 
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from study import load_study
 from training.cli import ROOT, cli_main, parse_config
 
 CONFIGS = ROOT / "configs"
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 KINDS = {".": "run", "paper": "run", "trainer": "run", "study": "study", "slurm": "slurm"}
 
 
@@ -32,7 +34,8 @@ def test_every_file_under_configs_is_a_yaml_file_of_a_known_kind():
 
 
 def test_every_config_begins_with_the_command_that_runs_it():
-    for p in CONFIGS.rglob("*.yaml"):
+    assert EXAMPLES
+    for p in [*CONFIGS.rglob("*.yaml"), *EXAMPLES]:
         first = p.read_text().splitlines()[0]
         assert first.startswith("# ") and "python run.py" in first, f"{p}: {first!r}"
 
@@ -42,6 +45,17 @@ def test_every_run_config_parses_and_instantiates(tmp_path, config):
     cli = cli_main(["--config", str(config), "--run_dir", str(tmp_path), "--trainer.accelerator", "cpu"], run=False)
     assert cli.model.hparams.num_classes == cli.datamodule.num_classes
     assert tuple(cli.model.hparams.input_shape) == tuple(cli.datamodule.input_shape)
+
+
+@pytest.mark.parametrize("config", EXAMPLES, ids=lambda p: f"examples/{p.name}")
+def test_every_example_config_parses_and_builds_its_network(tmp_path, config):
+    if "snntorch" in config.read_text():
+        pytest.importorskip("snntorch", reason="snntorch is an optional extra (pip install -e '.[snntorch]')")
+    cli = cli_main(["--config", str(config), "--run_dir", str(tmp_path), "--trainer.accelerator", "cpu"], run=False)
+    spec = cli.model.hparams.net
+    assert spec["class_path"].startswith("examples.")
+    assert type(cli.model.net).__name__ == spec["class_path"].rsplit(".", 1)[1]
+    assert cli.model.hparams.num_classes == cli.datamodule.num_classes
 
 
 @pytest.mark.parametrize("config", configs("study"), ids=ids)

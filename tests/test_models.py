@@ -81,3 +81,17 @@ def test_checkpoint_reloads_without_arguments(tmp_path):
 def test_bad_model_values(kwargs, key):
     with pytest.raises(ConfigError, match=key):
         Classifier(**kwargs)
+
+
+def test_resnet34_has_the_resnet34_stages_and_resnet18_the_resnet18_ones():
+    from lightning_modules.networks import BasicBlock
+
+    def stages(arch):
+        model = Classifier(kind="ann", arch=arch, width=0.125, input_shape=(3, 16, 16))
+        blocks = [m for m in model.net if isinstance(m, BasicBlock)]
+        # a stage starts where the channel count changes
+        starts = [i for i, b in enumerate(blocks) if i == 0 or b.conv1.in_channels != b.conv1.out_channels]
+        return [b - a for a, b in zip(starts, [*starts[1:], len(blocks)])]
+
+    assert stages("resnet18") == [2, 2, 2, 2]
+    assert stages("resnet34") == [3, 4, 6, 3]  # He et al. (2016), Table 1

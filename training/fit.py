@@ -39,7 +39,7 @@ from core.rundir import (ModelLock, checkpoint_path, done_path, file_sha256, fin
                          read_checkpoint, requeue_checkpoints, sidecar, write_checkpoint_file, write_done)
 from core.seeds import derive_seed
 from datamodules import MembershipDataModule
-from lightning_modules import Classifier
+from lightning_modules import Classifier, net_name
 
 from .console import EpochProgress, say
 from .loggers import make_logger
@@ -232,7 +232,9 @@ def train_model(trainer, model, datamodule, cfg, ckpt_path=None) -> None:
         write_done(run_dir, index, {
             "checkpoint": "checkpoints/last.ckpt", "checkpoint_sha256": file_sha256(last),
             "epochs": trainer.current_epoch, "model_index": index,
-            "kind": hp.get("kind"), "arch": hp.get("arch"), "T": hp.get("T") if hp.get("kind") == "snn" else None,
+            "kind": hp.get("kind"), "arch": net_name(hp), "T": hp.get("T") if hp.get("kind") == "snn" else None,
+            # False for a user SNN that returns [B, classes]: `run.py audit --latencies` refuses it up front.
+            "step_readout": bool(model.step_readout) if hp.get("kind") == "snn" else None,
             "init": hp.get("init"), "init_from": hp.get("init_from"),
             # What the run gave its references, so a later step (the study) reads facts, not flags.
             "references": dict(cfg.references) if cfg.references else None,

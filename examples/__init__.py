@@ -1,0 +1,6 @@
+"""Networks of your own, in the `model.net` contract (see the README, "Your own network").
+
+run.py runs from the repository root, so `examples.my_snn.MySNN` imports there; a
+package of your own works the same way once it is importable (installed, or on
+PYTHONPATH).
+"""
