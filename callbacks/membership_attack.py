@@ -106,6 +106,7 @@ class MembershipAttack(L.Callback):
         bar = trainer.progress_bar_callback
         self._bars = self.progress and bar is not None and getattr(bar, "interactive", True)
         self._prepare(dm, pl_module, Ranks.of(trainer))  # every rank: reference signals are queried sharded
+        define_epoch_axis(trainer)
 
     def _prepare(self, dm, pl_module, ranks: Ranks | None = None) -> None:
         self.audit = Audit(dm, 0, self.settings, ranks)
@@ -188,6 +189,18 @@ class MembershipAttack(L.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.history = list(state_dict.get("history", []))
+
+
+def define_epoch_axis(trainer) -> None:
+    """W&B charts of the audit against the epoch, not Lightning's global step."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+            run = logger.experiment
+            run.define_metric("epoch")
+            for prefix in ("attack/*", "audit/*", "dp/*"):
+                run.define_metric(prefix, step_metric="epoch")
 
 
 def log_roc_to_wandb(trainer, report: dict) -> None:

@@ -27,7 +27,7 @@ from lightning_modules import Classifier
 
 from .console import quiet_lightning
 from .fit import fit_run, fresh_trainer_kwargs, own_callbacks, with_atomic_checkpoints
-from .loggers import ConfigToLoggers, make_logger
+from .loggers import ConfigToLoggers, make_logger, model_facts_for_logs
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "configs" / "default.yaml"
@@ -149,7 +149,8 @@ class AuditCLI(LightningCLI):
             kwargs["default_root_dir"] = str(model_dir(self._cfg.run_dir, index))
         # fit logs to model_<k>/logs/; test and validate to logs/test/, logs/validate/ (never over training's)
         kwargs["logger"] = make_logger(trainer_cfg.get("logger"), self._cfg.run_dir, index,
-                                       stage=None if self.subcommand in (None, "fit") else self.subcommand)
+                                       stage=None if self.subcommand in (None, "fit") else self.subcommand,
+                                       facts=model_facts_for_logs(self.model.hparams, index))
         configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
         configured = configured if isinstance(configured, list) else [configured]
         kwargs["callbacks"] = [*configured, *own_callbacks(self._cfg, index)]

@@ -42,7 +42,7 @@ from datamodules import MembershipDataModule
 from lightning_modules import Classifier, net_name
 
 from .console import EpochProgress, say
-from .loggers import make_logger
+from .loggers import finish_runs, make_logger, model_facts_for_logs
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -134,7 +134,8 @@ def reference_parts(k: int, target_model: Classifier, target_dm: MembershipDataM
     dm = MembershipDataModule(**{**dm_hp, "model_index": k})
     kwargs = fresh_trainer_kwargs(cfg.trainer.as_dict())
     kwargs.update(default_root_dir=str(model_dir(cfg.run_dir, k)), plugins=with_atomic_checkpoints(kwargs.get("plugins")),
-                  logger=make_logger(cfg.trainer.get("logger"), cfg.run_dir, k), callbacks=own_callbacks(cfg, k))
+                  logger=make_logger(cfg.trainer.get("logger"), cfg.run_dir, k, facts=model_facts_for_logs(model.hparams, k)),
+                  callbacks=own_callbacks(cfg, k))
     return trainer_class(**kwargs), model, dm
 
 
@@ -217,8 +218,11 @@ def train_model(trainer, model, datamodule, cfg, ckpt_path=None) -> None:
             hparams, _, _ = read_checkpoint(ckpt_path, label=f"checkpoint {ckpt_path}",
                                             hint=f"it cannot be resumed; delete it to retrain model_{index} from scratch")
             check_same_settings(hparams, model, f"checkpoint {ckpt_path}")
-        with requeue_signal_window():
-            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        try:
+            with requeue_signal_window():
+                trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        finally:
+            finish_runs(trainer)  # one W&B run per model, even when models train in one process
         kill_point(f"fitted:model_{index}")  # tests only: a window after training, before done.json
         last = checkpoint_path(run_dir, index)
         if trainer.state.status != TrainerStatus.FINISHED or not trainer.is_global_zero or not last.is_file():

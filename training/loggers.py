@@ -66,10 +66,20 @@ def wandb_id(run_dir: str | Path, index: int) -> str:
     return f"{Path(run_dir).name[:40]}-{digest}-m{index}"
 
 
-def make_logger(spec: Any, run_dir: str | Path, index: int, stage: str | None = None):
+def model_facts_for_logs(hparams, index: int) -> dict:
+    """What a dashboard groups and filters runs by: the model's role, kind, architecture and T."""
+    get = hparams.get if hasattr(hparams, "get") else (lambda k, d=None: getattr(hparams, k, d))
+    kind = get("kind")
+    return {"model": f"model_{index}", "role": "target" if index == 0 else "reference", "kind": kind,
+            "arch": get("arch"), "T": get("T") if kind == "snn" else None}
+
+
+def make_logger(spec: Any, run_dir: str | Path, index: int, stage: str | None = None, facts: dict | None = None):
     """The configured logger, built for model `index`: CSV by default (no network), in
-    model_<k>/logs/ for fit and model_<k>/logs/<stage>/ for test and validate; a WandbLogger
-    gets a stable id, resume='allow', and a name/group from the run directory."""
+    model_<k>/logs/ for fit and model_<k>/logs/<stage>/ for test and validate. A WandbLogger
+    gets a run of its own per model (a stable id, resume='allow'; test and validate runs get
+    their own ids too), the run directory's name as its group, the model's `facts` (role,
+    kind, arch, T) in its config and as tags, and its save_dir in model_<k>/."""
     directory = model_dir(run_dir, index)
     if spec in (None, True):
         return AppendingCSVLogger(save_dir=str(directory), name="logs", version=stage or "")
@@ -83,10 +93,25 @@ def make_logger(spec: Any, run_dir: str | Path, index: int, stage: str | None = 
         if s["class_path"].endswith("WandbLogger"):
             # The parsed config holds every default (save_dir=".", id=None, ...): fill the unset ones.
             directory.mkdir(parents=True, exist_ok=True)  # else wandb falls back to ./wandb
-            defaults = {"save_dir": str(directory), "name": f"{Path(run_dir).name}/model_{index}",
-                        "group": Path(run_dir).name, "id": wandb_id(run_dir, index), "resume": "allow"}
+            suffix = f"-{stage}" if stage else ""
+            defaults = {"save_dir": str(directory), "name": f"{Path(run_dir).name}/model_{index}{suffix}",
+                        "group": Path(run_dir).name, "id": wandb_id(run_dir, index) + suffix, "resume": "allow",
+                        "job_type": stage or ("target" if index == 0 else "reference")}
             for key, value in defaults.items():
                 if init.get(key) in (None, "", "."):
                     init[key] = value
+            if facts:
+                init["config"] = {**facts, **(init.get("config") or {})}
+                tags = [f"{k}={v}" for k, v in facts.items() if k in ("role", "kind", "arch", "T") and v is not None]
+                init["tags"] = list(dict.fromkeys([*(init.get("tags") or []), *tags]))
         loggers.append(instantiate_class((), {"class_path": s["class_path"], "init_args": init}))
     return loggers if isinstance(spec, list) else loggers[0]
+
+
+def finish_runs(trainer) -> None:
+    """End the W&B run of each WandbLogger of `trainer`: a run left open is taken over by the
+    next model's logger in the same process (every model's metrics in one run)."""
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and getattr(logger, "_experiment", None) is not None:
+            logger.experiment.finish()
+            logger._experiment = None
