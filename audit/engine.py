@@ -42,6 +42,7 @@ class Audit:
         ref_in = dm.membership[self.refs] if self.refs else None
         self.ref_in = ref_in if ref_in is None or self.positions is None else ref_in[:, self.positions]
         self.runnable, self.skipped = runnable(settings.attacks, self.ref_in, self.refs)
+        self.num_nonmembers = int((~self.is_member).sum())
 
     def skip_message(self) -> str | None:
         """Which attacks cannot run and why, or None."""
@@ -82,7 +83,8 @@ class Audit:
                     **self.settings.describe(), **(extra_settings or {})}
         out_dir = Path(out_dir)
         report = write_report(out_dir, metrics, target=target, history=history, skipped=self.skipped,
-                              settings=settings, title=f"{facts.get('kind')} {facts.get('arch')}", latency=latency)
+                              settings=settings, title=f"{facts.get('kind')} {facts.get('arch')}", latency=latency,
+                              num_nonmembers=self.num_nonmembers)
         print("\n" + table(report) + f"\nreport: {out_dir / 'report.md'}", file=sys.stderr)
         return report
 

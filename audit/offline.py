@@ -28,7 +28,7 @@ from core.rundir import audit_dir, checkpoint_path, read_checkpoint, read_done
 from .distributed import Ranks
 from .engine import Audit, model_facts, target_signals_cached
 from .report import LATENCY_METRICS
-from .scoring import distinct_fraction, setting_name
+from .scoring import below_resolution, distinct_fraction, setting_name
 from .settings import AuditSettings, check_latencies, check_report_dir
 
 
@@ -97,7 +97,8 @@ def run_audit(dm, settings: AuditSettings, *, latencies=None, report_dir=None, d
         for name, points in series.items():
             points.sort(key=lambda p: p[0])
             latency_series[name] = {"t": [t for t, _ in points],
-                                    **{k: [float(m[k]) for _, m in points] for k in LATENCY_METRICS}}
+                                    **{k: [float(m[k]) for _, m in points] for k in LATENCY_METRICS
+                                       if k not in below_resolution(audit.num_nonmembers)}}
     out = checked["report_dir"] or audit_dir(run_dir)
     return audit.write_report(out, metrics, facts=model_facts(done), epoch=done.get("epochs", 0) - 1, acc=acc,
                               history=training_history(run_dir, target_index),

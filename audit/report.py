@@ -20,9 +20,9 @@ from pathlib import Path
 from attacks import downsample_roc, plot_roc
 from core.rundir import atomic_write
 
-from .scoring import summary
+from .scoring import below_resolution, summary
 
-LATENCY_METRICS = ("auc", "tpr@0.1%fpr")
+LATENCY_METRICS = ("auc", "tpr@1%fpr", "tpr@0.1%fpr")  # each only where measurable
 COLUMNS = (("auc", "AUC"), ("tpr@1%fpr", "TPR@1%FPR"), ("tpr@0.1%fpr", "TPR@0.1%FPR"), ("tpr@0%fpr", "TPR@0%FPR"))
 
 
@@ -46,9 +46,10 @@ def markdown(report: dict) -> str:
     if t.get("distinct_confidences"):
         lines += ["Distinct target confidences / N (low = many ties): "
                   + ", ".join(f"{k} {v:.3f}" for k, v in t["distinct_confidences"].items()) + ".", ""]
+    na = report.get("below_resolution", {})
     lines += ["| attack | " + " | ".join(h for _, h in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for name, m in report["attacks"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{m[k]:.4f}" if k in m else "" for k, _ in COLUMNS) + " |")
+        lines.append(f"| {name} | " + " | ".join(cell(m, k, na) for k, _ in COLUMNS) + " |")
     if report.get("skipped"):
         lines += ["", "Skipped: " + "; ".join(f"{k} ({v})" for k, v in report["skipped"].items()) + "."]
     settings = report.get("settings", {})
@@ -64,16 +65,27 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def cell(m: dict, key: str, na: dict[str, str]) -> str:
+    """A metric for the Markdown table: its value, or why it cannot be measured."""
+    if key in na:
+        return f"n/a ({na[key]})"
+    return f"{m[key]:.4f}" if m.get(key) is not None else ""
+
+
 def write_report(audit_dir: str | Path, metrics: dict[str, dict], *, target: dict | None = None,
                  history: list | None = None, skipped: dict | None = None, settings: dict | None = None,
-                 title: str | None = None, latency: dict[str, dict] | None = None) -> dict:
+                 title: str | None = None, latency: dict[str, dict] | None = None,
+                 num_nonmembers: int | None = None) -> dict:
     """Write report.json, report.md and roc.png; returns the report dict. With `latency`
     ({setting: {"t": [...], "auc": [...], "tpr@0.1%fpr": [...]}}) also latency.png and the
     report's `latency` key; without it a latency.png of an earlier audit is removed, so
     that the directory never shows a plot its report.json does not hold."""
     audit_dir = Path(audit_dir)
+    na = below_resolution(num_nonmembers)
     report = {
-        "attacks": {name: summary(m) for name, m in metrics.items()},
+        "attacks": {name: summary(m, num_nonmembers=num_nonmembers) for name, m in metrics.items()},
+        # metrics this audit cannot measure (null above): TPR at an FPR below 1 / N_out
+        "below_resolution": na,
         "target": target or {},
         "history": history or [],
         "skipped": skipped or {},
@@ -85,7 +97,8 @@ def write_report(audit_dir: str | Path, metrics: dict[str, dict], *, target: dic
     atomic_write(audit_dir / "report.json", lambda p: p.write_text(json.dumps(report, indent=1) + "\n"))
     atomic_write(audit_dir / "report.md", lambda p: p.write_text(markdown(report)))
     if metrics:
-        atomic_write(audit_dir / "roc.png", lambda p: _plot(metrics, p, title))
+        label = "tpr@0.1%fpr" if "tpr@0.1%fpr" not in na else "tpr@1%fpr"
+        atomic_write(audit_dir / "roc.png", lambda p: _plot(metrics, p, title, label))
     if latency:
         atomic_write(audit_dir / "latency.png", lambda p: plot_latency(latency, p, title))
     else:
@@ -94,37 +107,41 @@ def write_report(audit_dir: str | Path, metrics: dict[str, dict], *, target: dic
 
 
 def plot_latency(series: dict[str, dict], path: Path, title: str | None = None) -> None:
-    """Two panels, AUC and TPR@0.1%FPR against the latency t, one line per attack setting:
-    a colour per attack, a line style per query strategy, the legend beside the panels.
-    Matplotlib's object API on the Agg canvas (no pyplot state); PNG whatever the suffix."""
+    """Two panels, AUC and the lowest-FPR TPR this audit can measure (0.1%, else 1%) against
+    the latency t, one line per attack setting: a colour per attack, a line style per query
+    strategy; settings whose lines coincide are drawn once and named together; the legend
+    below the panels, one title over both. Matplotlib's object API on the Agg canvas (no
+    pyplot state); PNG whatever the suffix."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(12.5, 4.2), layout="constrained")
+    low = "tpr@0.1%fpr" if all("tpr@0.1%fpr" in v for v in series.values()) else "tpr@1%fpr"
+    fig = Figure(figsize=(11.0, 5.6), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(LATENCY_METRICS), squeeze=False)[0]
+    axes = fig.subplots(1, 2, squeeze=False)[0]
     ts = sorted({t for v in series.values() for t in v["t"]})
     attacks = list(dict.fromkeys(name.split("@")[0] for name in series))
     queries = list(dict.fromkeys(name.partition("@")[2] for name in series))
-    colors = [f"C{i % 10}" for i in range(len(attacks))]
     styles = ["-", "--", ":", "-."]
     markers = ["o", "s", "^", "D", "v", "x"]
-    for ax, key in zip(axes, LATENCY_METRICS):
-        for name, v in series.items():
+    drawn: dict[tuple, list[str]] = {}  # identical series (rmia_online and reference_ratio) drawn once
+    for name, v in series.items():
+        drawn.setdefault((tuple(v["t"]), tuple(v["auc"]), tuple(v[low])), []).append(name)
+    for ax, key in zip(axes, ("auc", low)):
+        for names in drawn.values():
+            name, v = names[0], series[names[0]]
             a, q = attacks.index(name.split("@")[0]), queries.index(name.partition("@")[2])
-            ax.plot(v["t"], v[key], color=colors[a], ls=styles[q % len(styles)], marker=markers[q % len(markers)],
-                    label=name)
-        if key == "auc":
-            ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-        else:
-            ax.axhline(0.001, color="grey", lw=0.8, ls="--")  # chance: TPR = FPR
+            label = name + (f" (= {', '.join(names[1:])})" if len(names) > 1 else "")
+            ax.plot(v["t"], v[key], color=f"C{a % 10}", ls=styles[q % len(styles)], marker=markers[q % len(markers)],
+                    label=label)
+        chance = 0.5 if key == "auc" else {"tpr@0.1%fpr": 0.001, "tpr@1%fpr": 0.01}[key]  # TPR = FPR
+        ax.axhline(chance, color="grey", lw=0.8, ls="--")
         ax.set_xticks(ts)
         ax.set_xlabel("latency t (readout averaged over the first t steps)")
-        ax.set_ylabel({"auc": "attack AUC", "tpr@0.1%fpr": "TPR at 0.1% FPR"}[key])
+        ax.set_ylabel({"auc": "attack AUC", "tpr@0.1%fpr": "TPR at 0.1% FPR", "tpr@1%fpr": "TPR at 1% FPR"}[key])
         ax.grid(alpha=0.3)
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=7)
-    if title:
-        fig.suptitle(title)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize=7)
+    fig.suptitle(f"Leakage against latency: {title}" if title else "Leakage against latency")
     fig.savefig(path, dpi=120, format="png")
 
 
@@ -139,19 +156,25 @@ def roc_selection(metrics: dict) -> dict:
     return dict(list(base.items())[:ROC_CURVES_MAX])
 
 
-def _plot(metrics, tmp_path: Path, title) -> None:
+def _plot(metrics, tmp_path: Path, title, label_metric: str) -> None:
     # plot_roc picks the format from the suffix: draw to a .png temp name, then rename.
     png = tmp_path.with_name(tmp_path.name + ".png")
-    plot_roc(roc_selection(metrics), png, title=title)
+    plot_roc(roc_selection(metrics), png, title=title, label_metric=label_metric)
     png.replace(tmp_path)
 
 
 def table(report: dict) -> str:
-    """The report's attack table for the terminal."""
-    head = f"{'attack':<34}" + "".join(f"{h:>13}" for _, h in COLUMNS)
+    """The report's attack table for the terminal: as wide as the longest attack name needs
+    (at most 120 characters for names up to 54), "n/a" where a metric cannot be measured."""
+    na = report.get("below_resolution", {})
+    width = max([len("attack"), *map(len, report["attacks"])]) + 2
+    head = f"{'attack':<{width}}" + "".join(f"{h:>13}" for _, h in COLUMNS)
     rows = [head, "-" * len(head)]
     for name, m in report["attacks"].items():
-        rows.append(f"{name:<34}" + "".join(f"{m.get(k, float('nan')):>13.4f}" for k, _ in COLUMNS))
+        rows.append(f"{name:<{width}}" + "".join(f"{'n/a':>13}" if k in na else f"{m.get(k, float('nan')):>13.4f}"
+                                                  for k, _ in COLUMNS))
+    if na:
+        rows.append("n/a: " + "; ".join(f"{k} ({why})" for k, why in na.items()) + ": too few non-members to measure")
     t = report.get("target", {})
     if "train_acc" in t:
         rows.append(f"target accuracy: train {t['train_acc']:.4f}  test {t['test_acc']:.4f}  gap {t['acc_gap']:+.4f}")

@@ -4,9 +4,11 @@ which models serve as references."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from attacks import attack_p, attack_r, lira, reference_ratio, rmia, roc_metrics
+from attacks import FPR_LEVELS, attack_p, attack_r, lira, reference_ratio, rmia, roc_metrics
 from core.rundir import finished_models
 
 ATTACKS = ("attack_p", "attack_r", "rmia_offline", "rmia_online", "lira_online", "lira_offline", "reference_ratio")
@@ -94,8 +96,23 @@ def evaluate(names, target: dict, references: list[dict], ref_in, is_member: tor
     return {name: roc_metrics(s, is_member) for name, s in scores.items()}
 
 
-def summary(metrics: dict, keys=SUMMARY) -> dict[str, float]:
-    return {k: float(metrics[k]) for k in keys if k in metrics}
+def below_resolution(num_nonmembers: int | None) -> dict[str, str]:
+    """The TPR-at-FPR metrics that `num_nonmembers` non-members cannot measure, and why: the
+    smallest non-zero FPR is 1 / N_out, so TPR at 0.1% FPR with N_out = 808 is TPR at 0% FPR
+    under another name. {metric: "N_out = 808 < 1,000"}."""
+    if not num_nonmembers:
+        return {}
+    out = {}
+    for key, level in FPR_LEVELS.items():
+        if level > 0 and level * num_nonmembers < 1:
+            out[key] = f"N_out = {num_nonmembers:,} < {math.ceil(1 / level - 1e-9):,}"
+    return out
+
+
+def summary(metrics: dict, keys=SUMMARY, num_nonmembers: int | None = None) -> dict[str, float | None]:
+    """The report's numbers of one attack; a metric below resolution is None (see below_resolution)."""
+    na = below_resolution(num_nonmembers)
+    return {k: None if k in na else float(metrics[k]) for k in keys if k in metrics}
 
 
 def distinct_fraction(target: dict) -> float:

@@ -137,8 +137,8 @@ class MembershipAttack(L.Callback):
         self.last_metrics = metrics  # with the ROC curves: rank 0 only (None elsewhere)
         self._audited_this_fit = True
         logged = {f"audit/{k}": entry[k] for k in ("train_acc", "test_acc", "acc_gap")}
-        for name, m in entry["attacks"].items():
-            logged.update({f"attack/{name}/{k}": float(m[k]) for k in LOGGED})
+        for name, m in entry["attacks"].items():  # a metric below resolution (None) is not logged as a number
+            logged.update({f"attack/{name}/{k}": float(m[k]) for k in LOGGED if m.get(k) is not None})
         # Every rank logs rank 0's values (loggers write from rank 0 only); the sync is a max over
         # equal values, exact, and keeps Lightning from asking for sync_dist on every key.
         pl_module.log_dict(logged, on_epoch=True, sync_dist=ranks.sharded, reduce_fx="max")
@@ -160,7 +160,8 @@ class MembershipAttack(L.Callback):
             metrics.update({setting_name(n, s.name): m for n, m in result.items()})
         if not ranks.is_zero:
             return None, None
-        return {**acc, "attacks": {n: summary(m) for n, m in metrics.items()}}, metrics
+        n_out = self.audit.num_nonmembers
+        return {**acc, "attacks": {n: summary(m, num_nonmembers=n_out) for n, m in metrics.items()}}, metrics
 
     # -- end of fit -----------------------------------------------------------------------
     def on_fit_end(self, trainer, pl_module) -> None:

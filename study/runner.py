@@ -204,7 +204,7 @@ def markdown(study: dict) -> str:
                    f"{dc:.3f}" if dc is not None else ""]
             for a in here:
                 m = e["attacks"].get(a, {})
-                row += [f"{m[k]:.4f}" if k in m else "" for k, _ in METRICS]
+                row += [("n/a" if m[k] is None else f"{m[k]:.4f}") if k in m else "" for k, _ in METRICS]
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
     lines += ["distinct conf.: distinct target confidences / N under that query setting (low = many ties).",
@@ -250,7 +250,7 @@ def plot_leakage_vs_T(study: dict, path: Path) -> None:
                 groups: dict[str, list] = {}
                 for name, e in entries.items():
                     m = e["attacks"].get(a)
-                    if m is None or metric not in m:
+                    if m is None or m.get(metric) is None:  # absent, or below this audit's resolution
                         continue
                     t = e["target"]
                     refs = _refs_text(e)

@@ -18,3 +18,16 @@ if os.environ.get("CI") or os.environ.get("HYPOTHESIS_PROFILE") == "ci":
 def fast_trainer_args():
     """Flags that make a `run.py fit` take seconds: no progress bar, no summary."""
     return ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_rank_zero():
+    """A test that builds a DDP trainer under simulated SLURM ranks (rank 3 of 4) leaves
+    Lightning's process-wide `rank_zero_only.rank` at 3, and every later logger in the test
+    process would then act as a non-zero rank. Put it back after each test."""
+    from lightning.fabric.utilities import rank_zero as fabric_rank_zero
+    from lightning.pytorch.utilities import rank_zero as pytorch_rank_zero
+
+    saved = (fabric_rank_zero.rank_zero_only.rank, pytorch_rank_zero.rank_zero_only.rank)
+    yield
+    fabric_rank_zero.rank_zero_only.rank, pytorch_rank_zero.rank_zero_only.rank = saved

@@ -47,12 +47,19 @@ def test_default_run_logs_every_attack_every_epoch_and_writes_the_report(small_r
     assert sorted(epochs) == [0, 1]
     for r in epochs.values():
         for name in ATTACKS:
-            for m in ("auc", "tpr@1%fpr", "tpr@0.1%fpr", "tpr@0%fpr"):
+            for m in ("auc", "tpr@1%fpr", "tpr@0%fpr"):
                 v = float(r[f"attack/{name}/{m}"])
                 assert 0.0 <= v <= 1.0
+            # ~808 non-members cannot measure TPR at 0.1% FPR: no number is logged for it
+            assert f"attack/{name}/tpr@0.1%fpr" not in r
         assert float(r["audit/train_acc"]) - float(r["audit/test_acc"]) == pytest.approx(float(r["audit/acc_gap"]), abs=1e-6)
     report = json.loads((rd / "audit" / "report.json").read_text())
     assert set(report["attacks"]) == set(ATTACKS)
+    n_out = 1617 - 808  # the target's non-members among the digits audit set
+    assert report["below_resolution"] == {"tpr@0.1%fpr": f"N_out = {n_out} < 1,000",
+                                          "tpr@0.01%fpr": f"N_out = {n_out} < 10,000"}
+    assert all(m["tpr@0.1%fpr"] is None and m["tpr@1%fpr"] is not None for m in report["attacks"].values())
+    assert f"n/a (N_out = {n_out} < 1,000)" in (rd / "audit" / "report.md").read_text()
     assert [h["epoch"] for h in report["history"]] == [0, 1]
     assert {"train_acc", "test_acc"} <= set(report["history"][-1])
     assert report["attacks"]["rmia_offline"]["auc"] == pytest.approx(float(epochs[1]["attack/rmia_offline/auc"]), abs=1e-6)
