@@ -23,8 +23,31 @@ from __future__ import annotations
 import sys
 
 
+SUBCOMMANDS = {
+    "fit": "train the missing references, then the target, audited every epoch; writes run_dir/audit/",
+    "validate": "accuracy of a model's last checkpoint on its own non-members",
+    "test": "accuracy of a model's last checkpoint on the population (never trained on)",
+    "audit": "attack finished checkpoints over a grid of query strategies and SNN latencies",
+    "study": "train and audit a matrix of runs on one membership plan; one combined report",
+    "submit": "SLURM scripts for the same config: a reference array, the target, an audit (--submit queues them)",
+}
+
+
+def usage() -> str:
+    width = max(map(len, SUBCOMMANDS))
+    return "\n".join(["usage: run.py <subcommand> [flags]      (run.py <subcommand> --help lists its flags)", "",
+                      *[f"  {name:<{width}}  {text}" for name, text in SUBCOMMANDS.items()], "",
+                      "Every run reads configs/default.yaml, then each --config, then flags (README.md)."])
+
+
 def main(args: list[str] | None = None) -> int:
     argv = sys.argv[1:] if args is None else list(args)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    if argv[0] not in SUBCOMMANDS and not argv[0].startswith("-"):
+        print(f"error: run.py {argv[0]!r} is not a subcommand; choose one of: {', '.join(SUBCOMMANDS)}", file=sys.stderr)
+        return 2
     if argv[:1] == ["submit"]:  # SLURM scripts for the same config (docs/cluster.md)
         from cluster.slurm import submit_main
 

@@ -6,14 +6,13 @@ references, the attacks and the report's layout."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from lightning_modules import net_name
 
 from .cache import cached_signals_by_latency
 from .distributed import Ranks
-from .report import table, write_report
+from .report import print_table, write_report
 from .scoring import accuracies, evaluate, reference_indices, runnable
 from .settings import AuditSettings
 from .signals import subset
@@ -85,7 +84,7 @@ class Audit:
         report = write_report(out_dir, metrics, target=target, history=history, skipped=self.skipped,
                               settings=settings, title=f"{facts.get('kind')} {facts.get('arch')}", latency=latency,
                               num_nonmembers=self.num_nonmembers)
-        print("\n" + table(report) + f"\nreport: {out_dir / 'report.md'}", file=sys.stderr)
+        print_table(report, out_dir / "report.md")
         return report
 
 

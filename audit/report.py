@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 from attacks import downsample_roc, plot_roc
@@ -70,6 +71,24 @@ def cell(m: dict, key: str, na: dict[str, str]) -> str:
     if key in na:
         return f"n/a ({na[key]})"
     return f"{m[key]:.4f}" if m.get(key) is not None else ""
+
+
+_PRINT_TABLES = [True]
+
+
+class tables_off:
+    """Within it, writing a report does not print its table (the study prints its own)."""
+
+    def __enter__(self):
+        _PRINT_TABLES.append(False)
+
+    def __exit__(self, *exc):
+        _PRINT_TABLES.pop()
+
+
+def print_table(report: dict, where: Path) -> None:
+    if _PRINT_TABLES[-1]:
+        print("\n" + table(report) + f"\nreport: {where}", file=sys.stderr)
 
 
 def write_report(audit_dir: str | Path, metrics: dict[str, dict], *, target: dict | None = None,

@@ -25,12 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from audit.report import tables_off
 from core.rundir import atomic_write
 
 STUDY_KEYS = {"name", "run_dir", "base_args", "entries", "audit_args"}
@@ -115,9 +117,10 @@ def load_study(path: str | Path, run_dir: str | None = None) -> dict:
 def _run(step: str, entry: str, argv: list[str]) -> None:
     from training.cli import run_cli
 
-    print(f"study: {entry}: run.py {step} {' '.join(argv)}", file=sys.stderr, flush=True)
+    print(f"study: {entry}: python run.py {shlex.join([step, *argv])}", file=sys.stderr, flush=True)
     try:
-        code = run_cli([step, *argv])
+        with tables_off():  # the study prints its own table at the end
+            code = run_cli([step, *argv])
     except SystemExit as err:  # jsonargparse exits on a bad flag
         code = err.code if isinstance(err.code, int) else 1
     except Exception as err:  # noqa: BLE001 - one line naming the entry, not a traceback
@@ -213,9 +216,41 @@ def markdown(study: dict) -> str:
     return "\n".join(lines)
 
 
-def table(study: dict) -> str:
-    """The Markdown table of report.md, as printed at the end of a study."""
-    return "\n".join(line for line in markdown(study).splitlines() if line.startswith(("|", "## ")))
+def table(study: dict, width: int | None = None) -> str:
+    """The study's table for the terminal: per query setting, each entry's test accuracy and
+    the main attacks' AUC (and offline RMIA's TPR at 1% FPR), no wider than the terminal
+    (columns that do not fit are left out and named); report.md has every column."""
+    import shutil
+
+    width = width or shutil.get_terminal_size((120, 24)).columns
+    entries, attacks = study["entries"], study["main_attacks"]
+    out = []
+    for setting in list(dict.fromkeys(_split(a)[1] for a in attacks)) or ["plain"]:
+        here = [a for a in attacks if _split(a)[1] == setting]
+        cols = [("test acc", lambda e: e["target"].get("test_acc"))]
+        cols += [(f"{_split(a)[0]} AUC", lambda e, a=a: e["attacks"].get(a, {}).get("auc")) for a in here]
+        cols += [(f"{_split(a)[0]} TPR@1%", lambda e, a=a: e["attacks"].get(a, {}).get("tpr@1%fpr"))
+                 for a in here if _split(a)[0] == ROC_ATTACK]
+        labels = {name: _label(e) for name, e in entries.items()}
+        w0, w1 = max(5, *map(len, entries)) + 2, max(5, *map(len, labels.values())) + 2
+        fits, used = [], w0 + w1
+        for head, get in cols:
+            w = max(len(head), 6) + 2
+            if used + w > width:
+                break
+            fits.append((head, get, w))
+            used += w
+        out.append(f"queries: {setting}")
+        out.append(f"{'entry':<{w0}}{'model':<{w1}}" + "".join(f"{h:>{w}}" for h, _, w in fits))
+        for name, e in entries.items():
+            vals = [get(e) for _, get, _ in fits]
+            out.append(f"{name:<{w0}}{labels[name]:<{w1}}"
+                       + "".join(f"{('n/a' if v is None else f'{v:.4f}'):>{w}}" for v, (_, _, w) in zip(vals, fits)))
+        if len(fits) < len(cols):
+            out.append(f"(not shown, too wide for {width} columns: {', '.join(h for h, _ in cols[len(fits):])}; "
+                       "every column is in report.md)")
+        out.append("")
+    return "\n".join(out).rstrip()
 
 
 def _split(attack: str) -> tuple[str, str]:
@@ -379,8 +414,9 @@ def parser() -> argparse.ArgumentParser:
 def run_study(spec: dict) -> dict:
     root = Path(spec["run_dir"])
     plan0, first, reports, facts = None, None, {}, {}
-    for e in spec["entries"]:
+    for n, e in enumerate(spec["entries"], 1):
         name = e["name"]
+        print(f"study {spec['name']}: entry {n} of {len(spec['entries'])}: {name}", file=sys.stderr, flush=True)
         argv = [*spec["base_args"], *e["args"], "--run_dir", str(root / name)]
         _run("fit", name, argv)
         plan = _plan_of(root / name, name)

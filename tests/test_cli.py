@@ -84,3 +84,17 @@ def test_run_dir_with_another_plan_is_refused_and_kept(tmp_path, capsys, fast_tr
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert "seed: plan has 0, config gives 7" in last
     assert {p: p.read_bytes() for p in saved} == saved
+
+
+def test_help_lists_every_subcommand_with_one_line(capsys):
+    assert run.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for sub in ("fit", "validate", "test", "audit", "study", "submit"):
+        assert any(line.strip().startswith(sub + " ") for line in out.splitlines()), sub
+    assert "predict" not in out
+    assert run.main(["predict"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "predict" in err[0] and "study" in err[0]
+    with pytest.raises(SystemExit) as stop:  # each subcommand's own flags
+        run.main(["audit", "--help"])
+    assert stop.value.code == 0 and "--queries" in capsys.readouterr().out

@@ -1,6 +1,7 @@
 """`run.py study` (study/runner.py): a matrix of runs on one plan, one combined report."""
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -51,8 +52,19 @@ def test_tiny_study_writes_report_and_plots_and_rerun_retrains_nothing(tmp_path,
     assert len(rows) == 3  # header + one row per entry
     assert "rmia_offline TPR@0.1%FPR" in rows[0] and "test acc" in rows[0] and "distinct conf." in rows[0]
     assert rows[1].startswith("| ann | ann |") and rows[2].startswith("| snn_T1 | snn T=1 |")
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "snn_T1" in printed and "ann" in printed
+    assert max(map(len, printed.splitlines())) <= 120  # as wide as a terminal, not report.md's 250
+    assert "entry 1 of 2: ann" in captured.err and "entry 2 of 2: snn_T1" in captured.err
+    # each command is echoed so that it can be pasted into a shell as it is
+    fit_line = next(line for line in captured.err.splitlines() if line.startswith("study: ann: python run.py fit"))
+    argv = shlex.split(fit_line.split(": ", 2)[2])
+    assert argv[:3] == ["python", "run.py", "fit"] and "--run_dir" in argv
+    audit_line = next(line for line in captured.err.splitlines() if line.startswith("study: ann: python run.py audit"))
+    audit_argv = shlex.split(audit_line.split(": ", 2)[2])
+    assert audit_argv[:3] == ["python", "run.py", "audit"] and audit_argv[audit_argv.index("--queries") + 1] == "[plain]"
+    assert "attack                " not in captured.err  # no per-entry report table inside a study
 
     before = checkpoint_mtimes(rd)
     assert len(before) == 6  # 2 entries x (target + 2 references)

@@ -105,7 +105,9 @@ def check_run_settings(cfg, subcommand: str | None) -> None:
 class AuditCLI(LightningCLI):
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
-        return {**LightningCLI.subcommands(), "audit": {"model", "datamodule"}}
+        # predict means nothing here: an audit is what this tool predicts
+        base = {k: v for k, v in LightningCLI.subcommands().items() if k != "predict"}
+        return {**base, "audit": {"model", "datamodule"}}
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--run_dir", type=str, default="runs/default",
