@@ -2,8 +2,10 @@
 
 report.json:
   attacks   {name: {auc, tpr@1%fpr, tpr@0.1%fpr, tpr@0.01%fpr, tpr@0%fpr}}  final metrics
-  target    {train_acc, test_acc, acc_gap, epoch, kind, T, ...}
+  target    {train_acc, test_acc, acc_gap, epoch, kind, T, ...}   epoch: Lightning's 0-based index of
+            the last audited epoch (report.md and the plots count from 1: "after epoch 30")
   history   [{epoch, train_acc, test_acc, acc_gap, attacks: {name: {...}}}]  one per audited epoch
+  below_resolution  {metric: "N_out = 808 < 1,000"}  metrics this audit cannot measure (null above)
   curves    {name: {fpr: [...], tpr: [...]}}  ROC curves, at most ~1,000 points each
   skipped   {name: reason}
   settings  the plan fingerprint, queries, references, ...
@@ -38,7 +40,9 @@ def curves_of(metrics: dict[str, dict], max_points: int = 1000) -> dict[str, dic
 def markdown(report: dict) -> str:
     t = report.get("target", {})
     lines = ["# Membership-inference audit", ""]
-    facts = [f"{k}: {t[k]}" for k in ("kind", "arch", "T", "epoch") if t.get(k) is not None]
+    facts = [f"{k}: {t[k]}" for k in ("kind", "arch", "T") if t.get(k) is not None]
+    if t.get("epoch") is not None:  # report.json keeps Lightning's 0-based index; people count from 1
+        facts.append(f"after epoch {t['epoch'] + 1}")
     if facts:
         lines += ["Target " + ", ".join(facts) + ".", ""]
     if "train_acc" in t:

@@ -77,7 +77,8 @@ def test_cifar_training_augmentation_keeps_shape():
 
 
 @pytest.mark.skipif(not (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").exists(),
-                    reason="apt-get install dataset-fashion-mnist")
+                    reason="the Fashion-MNIST files are not installed on this machine; `apt-get install "
+                           "dataset-fashion-mnist` puts them in /usr/share/datasets/fashion-mnist (.ci/run does)")
 def test_fashion_mnist_offline_from_debian_files(tmp_path):
     pool = load_pool("fashion_mnist", tmp_path)
     assert pool.images.shape == (70_000, 1, 28, 28)
