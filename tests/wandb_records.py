@@ -3,9 +3,11 @@ the file is a LevelDB-style log of protobuf `Record`s (a 7-byte ":W&B" header, t
 blocks of records, each with a CRC32, a length and a FULL / FIRST / MIDDLE / LAST type).
 
     python tests/wandb_records.py runs/default/model_0/wandb/offline-run-*/run-*.wandb
+    python tests/wandb_records.py --render runs/default/model_0/wandb/offline-run-*/run-*.wandb out.png
 
-prints the run's id, config keys, metric definitions and history keys. tests/test_wandb.py
-uses `read_run` to check which metrics landed in which run."""
+prints the run's id, config keys, metric definitions and history keys, or draws what its
+dashboard shows. tests/test_wandb.py uses `read_run` to check which metrics landed in
+which run."""
 
 from __future__ import annotations
 
@@ -78,7 +80,49 @@ def read_run(path: str | Path) -> dict:
     return out
 
 
+def render(run_file: str | Path, out: str | Path, attacks=("rmia_offline", "lira_online", "attack_p")) -> Path:
+    """A PNG of what the target's W&B dashboard shows, drawn from its offline run: attack AUC
+    and TPR at 1% FPR against the epoch, train / test accuracy and their gap, and the final
+    ROC from the run's audit/roc_table. For docs/wandb.md (no W&B account or network here)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    run = read_run(run_file)
+    rows = [r for r in run["history"] if any(k.startswith("attack/") for k in r)]
+    epochs = [r["epoch"] + 1 for r in rows]
+    fig = Figure(figsize=(14, 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_auc, ax_tpr, ax_acc, ax_roc = fig.subplots(1, 4)
+    for a in attacks:
+        ax_auc.plot(epochs, [r.get(f"attack/{a}/auc") for r in rows], marker=".", label=a)
+        ax_tpr.plot(epochs, [r.get(f"attack/{a}/tpr@1%fpr") for r in rows], marker=".", label=a)
+    for key, label in (("audit/train_acc", "train (members)"), ("audit/test_acc", "test (population)"),
+                       ("audit/acc_gap", "gap")):
+        ax_acc.plot(epochs, [r.get(key) for r in rows], marker=".", label=label)
+    table = next(Path(run_file).parent.glob("files/media/table/audit/roc_table_*.table.json"), None)
+    if table is not None:
+        data = json.loads(table.read_text())
+        for a in attacks:
+            pts = [(f, t) for name, f, t in data["data"] if name == a]
+            ax_roc.plot([p[0] for p in pts], [p[1] for p in pts], label=a)
+        ax_roc.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
+    for ax, title in ((ax_auc, "attack/<name>/auc"), (ax_tpr, "attack/<name>/tpr@1%fpr"),
+                      (ax_acc, "audit/train_acc, test_acc, acc_gap"), (ax_roc, "audit/roc (final)")):
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        if ax is not ax_roc:
+            ax.set_xlabel("epoch")
+    ax_roc.set(xlabel="FPR", ylabel="TPR")
+    fig.suptitle(f"W&B run {run['id']} ({', '.join(run['tags'])}), drawn from its offline files")
+    fig.savefig(out, dpi=110)
+    return Path(out)
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--render"]:  # python tests/wandb_records.py --render RUN_FILE OUT.png
+        print(render(sys.argv[2], sys.argv[3]))
+        sys.exit(0)
     for arg in sys.argv[1:]:
         run = read_run(arg)
         keys = sorted({k for h in run["history"] for k in h})
