@@ -176,7 +176,16 @@ class MembershipDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.member_set(augment=self.augment), shuffle=True, batch_size=self.batch_size)
+        loader = self._loader(self.member_set(augment=self.augment), shuffle=True, batch_size=self.batch_size)
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        if getattr(model, "poisson_sampling", False):
+            # A DP model (model.dp): DP-SGD's accounting assumes that every training sample joins
+            # every batch independently with probability q = 1 / len(loader) (Poisson sampling,
+            # batches of batch_size on average), not a shuffle into fixed-size batches.
+            from opacus.data_loader import DPDataLoader
+
+            return DPDataLoader.from_data_loader(loader)
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.nonmember_set())
