@@ -49,7 +49,8 @@ def markdown(report: dict) -> str:
         target = f", target {dp['target_epsilon']:g}" if dp.get("target_epsilon") is not None else ""
         lines += [f"Trained with DP-SGD: epsilon {dp['epsilon']:.4g} at delta {dp['delta']:g} ({dp['accountant']} "
                   f"accountant{target}), noise multiplier {dp['noise_multiplier']:.4g}, max grad norm "
-                  f"{dp['max_grad_norm']:g}, sample rate {dp['sample_rate']:.4g}, {dp['steps']} steps.", ""]
+                  f"{dp['max_grad_norm']:g}, sample rate {dp['sample_rate']:.4g}, {dp['steps']} steps; "
+                  f"epsilon covers {dp.get('scope', 'all training')}.", ""]
     if t.get("distinct_confidences"):
         lines += ["Distinct target confidences / N (low = many ties): "
                   + ", ".join(f"{k} {v:.3f}" for k, v in t["distinct_confidences"].items()) + ".", ""]

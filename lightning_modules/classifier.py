@@ -17,7 +17,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from spikingjelly.activation_based import functional, layer
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -31,6 +31,9 @@ KINDS = ("ann", "snn")
 ENCODINGS = ("direct", "poisson")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULERS = ("cosine", "none")
+# What a converted DP model's epsilon does not cover: its init used the training data outside DP-SGD.
+DP_SCOPE_CONVERTED = ("fine-tuning only: the ANN it was converted from and the thresholds calibrated on training "
+                      "batches are outside the accounting")
 
 
 class Classifier(L.LightningModule):
@@ -236,6 +239,8 @@ class Classifier(L.LightningModule):
     def on_fit_start(self):
         if self.hparams.init != "converted" or bool(self.init_done):
             return
+        if self.private is not None:
+            rank_zero_warn(f"model.dp with model.init=converted: epsilon covers the {DP_SCOPE_CONVERTED}")
         datamodule = self.trainer.datamodule
         # Without a datamodule (trainer.fit(model, loader)) the loader is only in the fit loop's source.
         loader = datamodule.train_dataloader() if datamodule is not None else self.trainer.fit_loop._data_source.dataloader()
@@ -293,7 +298,9 @@ class Classifier(L.LightningModule):
 
     def dp_facts(self) -> dict | None:
         """The accountant's epsilon and what it rests on (done.json and the report), or None without DP."""
-        return self.private.facts() if self.private is not None else None
+        if self.private is None:
+            return None
+        return {**self.private.facts(), "scope": DP_SCOPE_CONVERTED if self.hparams.init == "converted" else "all training"}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.private is not None:

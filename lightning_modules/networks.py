@@ -210,16 +210,24 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-GROUP_NORM_GROUPS = 8
+GROUP_NORM_GROUPS = 32
+GROUP_NORM_MIN_CHANNELS = 4
 
 
 def group_norm(channels: int) -> layer.GroupNorm:
-    """GroupNorm over groups of channels/8 channels (gcd(channels, 8) groups). Its statistics are
-    those of one sample (and, in an SNN, of one time step), so a per-sample gradient exists, as
-    DP-SGD needs; BatchNorm's are the batch's. 8 groups, not GroupNorm's usual 32: at width 1
-    the CNN's 32- and 64-channel layers would get 1 or 2 channels per group, on feature maps as
-    small as 2x2 on digits (benchmarks/norm_accuracy.py measures the accuracy cost)."""
-    return layer.GroupNorm(math.gcd(channels, GROUP_NORM_GROUPS), channels)
+    """GroupNorm with gcd(channels, 32) groups (32, GroupNorm's usual count, when it divides the
+    channels), halved until each group has at least 4 channels. Its statistics are those of one
+    sample (and, in an SNN, of one time step), so a per-sample gradient exists, as DP-SGD needs;
+    BatchNorm's are the batch's. The floor of 4 channels: with one channel per group, a 1x1
+    feature map (resnet18's last stage on 8x8 digits) normalises to exactly 0 and the layer
+    passes nothing on. Without DP on digits (benchmarks/norm_accuracy.py: CNN, 30 epochs, 3
+    seeds) GroupNorm against BatchNorm gave non-member accuracy 0.982 against 0.989 for the ANN
+    and 0.984 against 0.985 for the SNN at T = 4; 8 groups instead of 32 changed neither by
+    more than 0.001."""
+    groups = math.gcd(channels, GROUP_NORM_GROUPS)
+    while groups > 1 and channels // groups < GROUP_NORM_MIN_CHANNELS:
+        groups //= 2
+    return layer.GroupNorm(groups, channels)
 
 
 def norm_layer(norm: str) -> Callable[[int], nn.Module]:

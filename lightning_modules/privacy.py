@@ -98,6 +98,10 @@ def check_trainer(dp, trainer) -> None:
     if accumulate != 1:
         raise ConfigError(f"trainer.accumulate_grad_batches={accumulate!r} is not allowed with model.dp; expected 1 "
                           f"(a Poisson batch is one DP step; raise data.batch_size instead)")
+    clip = getattr(trainer, "gradient_clip_val", None)
+    if clip:
+        raise ConfigError(f"trainer.gradient_clip_val={clip!r} is not allowed with model.dp; DP-SGD clips each sample's "
+                          f"gradient to model.dp.max_grad_norm (Lightning's clip of the batch gradient would be overwritten)")
     precision = str(getattr(trainer, "precision", "32-true"))
     if precision.startswith("16"):
         raise ConfigError(f"trainer.precision={precision!r} is not allowed with model.dp; its loss scaling would "

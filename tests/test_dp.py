@@ -5,6 +5,7 @@ image: tests/test_snn_speed_equivalence.py.)"""
 
 import csv
 import json
+import types
 from pathlib import Path
 
 import lightning as L
@@ -20,6 +21,7 @@ from core.errors import ConfigError
 from datamodules import MembershipDataModule
 from lightning_modules import Classifier
 from lightning_modules.conversion import initialise
+from lightning_modules.privacy import check_trainer
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 DP = {"noise_multiplier": 1.0, "delta": 1e-5, "max_grad_norm": 1.0}
@@ -106,6 +108,8 @@ def test_per_sample_gradients_equal_separate_backward_passes(kind, tiny_ann_chec
     assert separate.norm(dim=1).min() > 0  # every sample has a gradient to compare
     rel = (hooked - separate).norm(dim=1) / separate.norm(dim=1)
     assert rel.max() <= 1e-5, rel
+    # a converted model's init used the training data outside DP-SGD: its facts say so
+    assert ("outside the accounting" in model.dp_facts()["scope"]) == (kind == "snn_converted_if")
 
 
 def test_clipped_per_sample_gradients_are_at_most_max_grad_norm():
@@ -196,7 +200,7 @@ def test_dp_fit_trains_audits_every_epoch_and_logs_epsilon(dp_run):
     rd = dp_run
     done = json.loads((rd / "model_0" / "done.json").read_text())
     dp = done["dp"]
-    assert done["hparams"]["norm"] == "group" and done["epochs"] == 3
+    assert done["hparams"]["norm"] == "group" and done["epochs"] == 3 and dp["scope"] == "all training"
     assert dp["target_epsilon"] == 1 and dp["delta"] == 1e-5 and dp["max_grad_norm"] == 1.0
     assert 0 < dp["epsilon"] <= 1  # the accountant's epsilon after training, at most the target
     steps_per_epoch = round(1 / dp["sample_rate"])  # the Poisson loader makes 1 / q steps per epoch
@@ -274,6 +278,15 @@ def test_resume_refuses_to_switch_dp_on_or_off(tmp_path, capsys):
     assert last.startswith("error: model.dp=") and "trained without DP" in last
 
 
+def test_fp16_loss_scaling_is_refused():
+    """16-mixed scales the loss, so the per-sample gradients, before clipping. (Lightning turns
+    16-mixed into bf16-mixed on a CPU, so a run cannot reach this here.)"""
+    trainer = types.SimpleNamespace(world_size=1, accumulate_grad_batches=1, gradient_clip_val=None, precision="16-mixed")
+    with pytest.raises(ConfigError, match="trainer.precision='16-mixed' is not allowed with model.dp"):
+        check_trainer({"epsilon": 1}, trainer)
+    check_trainer({"epsilon": 1}, types.SimpleNamespace(**{**vars(trainer), "precision": "bf16-mixed"}))  # no error
+
+
 @pytest.mark.parametrize("flags, key", [
     (["--model.dp", "{epsilon: 0, delta: 1e-5, max_grad_norm: 1.0}"], "model.dp.epsilon=0"),
     (["--model.dp", "{epsilon: -1, delta: 1e-5, max_grad_norm: 1.0}"], "model.dp.epsilon=-1"),
@@ -293,6 +306,9 @@ def test_resume_refuses_to_switch_dp_on_or_off(tmp_path, capsys):
      "model.dp is not supported with 2 processes"),
     (["--model.dp", "{epsilon: 1, delta: 1e-5, max_grad_norm: 1}", "--trainer.accumulate_grad_batches", "2"],
      "trainer.accumulate_grad_batches=2"),
+    (["--model.dp", "{epsilon: 1, delta: 1e-5, max_grad_norm: 1}", "--trainer.gradient_clip_val", "0.5"],
+     "trainer.gradient_clip_val=0.5"),
+
 ])
 def test_bad_dp_values_end_in_one_line_and_write_nothing(tmp_path, capsys, flags, key):
     assert run.main(["fit", "--run_dir", str(tmp_path / "r"), *QUIET, *flags]) == 2
