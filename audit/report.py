@@ -2,8 +2,9 @@
 
 report.json:
   attacks   {name: {auc, tpr@1%fpr, tpr@0.1%fpr, tpr@0.01%fpr, tpr@0%fpr}}  final metrics
-  target    {train_acc, test_acc, acc_gap, epoch, kind, T, ...}   epoch: Lightning's 0-based index of
-            the last audited epoch (report.md and the plots count from 1: "after epoch 30")
+  target    {train_acc, test_acc, acc_gap, epoch, kind, T, dp, ...}   epoch: Lightning's 0-based index of
+            the last audited epoch (report.md and the plots count from 1: "after epoch 30"); dp: null,
+            or DP-SGD's {epsilon, delta, noise_multiplier, sample_rate, steps, accountant, max_grad_norm, ...}
   history   [{epoch, train_acc, test_acc, acc_gap, attacks: {name: {...}}}]  one per audited epoch
   below_resolution  {metric: "N_out = 808 < 1,000"}  metrics this audit cannot measure (null above)
   curves    {name: {fpr: [...], tpr: [...]}}  ROC curves, at most ~1,000 points each
@@ -48,6 +49,13 @@ def markdown(report: dict) -> str:
     if "train_acc" in t:
         lines += [f"Target accuracy: train {t['train_acc']:.4f}, test {t['test_acc']:.4f} "
                   f"(gap {t['acc_gap']:+.4f}).", ""]
+    if t.get("dp"):
+        dp = t["dp"]
+        target = f", target {dp['target_epsilon']:g}" if dp.get("target_epsilon") is not None else ""
+        lines += [f"Trained with DP-SGD: epsilon {dp['epsilon']:.4g} at delta {dp['delta']:g} ({dp['accountant']} "
+                  f"accountant{target}), noise multiplier {dp['noise_multiplier']:.4g}, max grad norm "
+                  f"{dp['max_grad_norm']:g}, sample rate {dp['sample_rate']:.4g}, {dp['steps']} steps; "
+                  f"epsilon covers {dp.get('scope', 'all training')}.", ""]
     if t.get("distinct_confidences"):
         lines += ["Distinct target confidences / N (low = many ties): "
                   + ", ".join(f"{k} {v:.3f}" for k, v in t["distinct_confidences"].items()) + ".", ""]

@@ -2,6 +2,7 @@
 
     python benchmarks/conversion_agreement.py                     # v_init 0 and 0.5, T = 1 2 4 8 64
     python benchmarks/conversion_agreement.py --v-init 0.5 --T 1 2 4 --ann-epochs 8
+    python benchmarks/conversion_agreement.py --norm group        # GroupNorm networks (model.dp needs them)
 
 Trains the setting of tests/test_conversion.py (a width-0.5 CNN ANN on digits, seed 0),
 converts it with `model.init=converted` (spikingjelly ann2snn thresholds, mode max) for
@@ -33,6 +34,7 @@ def main(argv=None) -> int:
     ap.add_argument("--T", type=int, nargs="+", default=[1, 2, 4, 8, 64])
     ap.add_argument("--ann-epochs", type=int, default=4)
     ap.add_argument("--convert-mode", default="max")
+    ap.add_argument("--norm", default="batch", help="batch or group (GroupNorm, as DP training needs)")
     args = ap.parse_args(argv)
 
     L.seed_everything(0, verbose=False)
@@ -40,7 +42,7 @@ def main(argv=None) -> int:
     dm.prepare_data()
     dm.setup("fit")
     common = dict(arch="cnn", width=0.5, input_shape=dm.input_shape, num_classes=dm.num_classes,
-                  normalization=dm.normalization)
+                  normalization=dm.normalization, norm=args.norm)
     ann = Classifier(kind="ann", **common)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = L.Trainer(max_epochs=args.ann_epochs, logger=False, enable_checkpointing=False,

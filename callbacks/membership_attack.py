@@ -133,6 +133,8 @@ class MembershipAttack(L.Callback):
         entry, metrics = self.audit_epoch(trainer.datamodule, pl_module, ranks)
         entry = ranks.broadcast(entry)  # rank 0's numbers, for every rank's history and logs
         entry = {"epoch": trainer.current_epoch, **entry}
+        if getattr(pl_module, "private", None) is not None:  # DP-SGD: epsilon spent up to this audit
+            entry["dp_epsilon"] = pl_module.private.epsilon()
         self.history = [h for h in self.history if h["epoch"] != entry["epoch"]] + [entry]
         self.last_metrics = metrics  # with the ROC curves: rank 0 only (None elsewhere)
         self._audited_this_fit = True
@@ -181,7 +183,7 @@ class MembershipAttack(L.Callback):
         report = self.audit.write_report(
             audit_dir(trainer.datamodule.run_dir), self.last_metrics, facts=model_facts(pl_module.hparams),
             epoch=last["epoch"], acc={k: last[k] for k in ("train_acc", "test_acc", "acc_gap")},
-            history=self.history)
+            history=self.history, extra_target={"dp": getattr(pl_module, "dp_facts", lambda: None)()})
         log_roc_to_wandb(trainer, report)
 
     # -- resume ---------------------------------------------------------------------------

@@ -41,6 +41,21 @@ class EpochShuffle(torch.utils.data.Sampler):
         return iter([(i, epoch) for i in torch.randperm(self.n, generator=g).tolist()])
 
 
+def _epoch_poisson_class():
+    """Opacus's Poisson batch sampler, its generator seeded from (seed, epoch) when an epoch's
+    iteration starts, yielding (position, epoch) items as EpochShuffle does."""
+    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
+    class EpochPoisson(UniformWithReplacementSampler):
+        def __iter__(self):
+            epoch = int(self.epoch_fn())
+            self.generator = torch.Generator().manual_seed(derive_seed(self.seed, "poisson", epoch))
+            for batch in super().__iter__():
+                yield [(i, epoch) for i in batch]
+
+    return EpochPoisson
+
+
 class MembershipDataModule(L.LightningDataModule):
     def __init__(
         self,
@@ -211,12 +226,27 @@ class MembershipDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         members = self.member_set(augment=self.augment)
+        trainer = getattr(self, "trainer", None)
+        epoch_fn = lambda: trainer.current_epoch if trainer else 0  # noqa: E731
+        if self.train_seed is not None:
+            members.augment_seed = self.train_seed
+        model = trainer.lightning_module if trainer is not None else None
+        if getattr(model, "poisson_sampling", False):
+            # A DP model (model.dp): DP-SGD's accounting assumes that every training sample joins
+            # every batch independently with probability q = 1 / len(loader) (Poisson sampling,
+            # batches of batch_size on average), not a shuffle into fixed-size batches.
+            from opacus.data_loader import DPDataLoader
+
+            loader = DPDataLoader.from_data_loader(self._loader(members, shuffle=True, batch_size=self.batch_size))
+            if self.train_seed is not None:  # the batches of an epoch from (train_seed, epoch), as EpochShuffle
+                sampler = loader.batch_sampler
+                sampler.__class__ = _epoch_poisson_class()
+                sampler.seed, sampler.epoch_fn = self.train_seed, epoch_fn
+            return loader
         if self.train_seed is None:  # outside run.py: torch's shuffle, from the global generator
             return self._loader(members, shuffle=True, batch_size=self.batch_size)
-        members.augment_seed = self.train_seed
-        trainer = getattr(self, "trainer", None)
-        sampler = EpochShuffle(len(members), self.train_seed, lambda: trainer.current_epoch if trainer else 0)
-        return self._loader(members, batch_size=self.batch_size, sampler=sampler)
+        return self._loader(members, batch_size=self.batch_size, sampler=EpochShuffle(len(members), self.train_seed,
+                                                                                       epoch_fn))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.nonmember_set())

@@ -13,24 +13,29 @@ from __future__ import annotations
 import inspect
 import itertools
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from spikingjelly.activation_based import functional, layer
 from torchmetrics.classification import MulticlassAccuracy
 
 from core.errors import ConfigError, check_choice, check_int, check_number, first_line
 from core.rundir import read_checkpoint
 from .conversion import INITS, check_convert_mode, initialise
-from .networks import ARCHS, NEURONS, SURROGATES, Normalize, build_network
+from .networks import ARCHS, NEURONS, NORMS, SURROGATES, Normalize, build_network
+from .privacy import PrivateTraining, check_dp, check_trainer
 from .user_net import build_user_net, check_contract
 
 KINDS = ("ann", "snn")
 ENCODINGS = ("direct", "poisson")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULERS = ("cosine", "none")
+# What a converted DP model's epsilon does not cover: its init used the training data outside DP-SGD.
+DP_SCOPE_CONVERTED = ("fine-tuning only: the ANN it was converted from and the thresholds calibrated on training "
+                      "batches are outside the accounting")
 
 
 class Classifier(L.LightningModule):
@@ -59,6 +64,8 @@ class Classifier(L.LightningModule):
         convert_mode: str = "max",
         convert_batches: int = 16,
         convert_v_init: float = 0.5,
+        norm: str | None = None,
+        dp: dict[str, Any] | None = None,
     ):
         """
         Args:
@@ -94,6 +101,10 @@ class Classifier(L.LightningModule):
                 fraction of their threshold, in [0, 1): 0.5 (half-threshold start; at
                 T = 1 the only setting that converts to a working network) or 0
                 (spikingjelly ann2snn's start at rest).
+            norm: the normalisation after each conv: batch (BatchNorm) or group (GroupNorm, per
+                sample); null: group with model.dp, batch without.
+            dp: DP-SGD with Opacus (lightning_modules/privacy.py): {epsilon | noise_multiplier,
+                delta, max_grad_norm[, accountant: rdp | prv]}; null trains without DP.
         """
         super().__init__()
         check_choice("model.kind", kind, KINDS)
@@ -129,7 +140,16 @@ class Classifier(L.LightningModule):
         check_number("model.tau", tau, 1.0, low_open=True, what=" (the LIF membrane time constant)")
         check_number("model.weight_decay", weight_decay, 0.0)
         check_number("model.momentum", momentum, 0.0, 1.0, high_open=True)
+        dp_settings = check_dp(dp)
+        norm = norm if norm is not None else "group" if dp_settings else "batch"
+        check_choice("model.norm", norm, NORMS)
+        if dp_settings and norm != "group":
+            raise ConfigError(f"model.norm={norm!r} is not allowed with model.dp; set model.norm=group (BatchNorm's "
+                              f"statistics mix the samples of a batch, so no per-sample gradient exists to clip)")
         self.save_hyperparameters()
+        # The norm used, not null: checkpoints, done.json and the references (built from these
+        # hparams, perhaps with dp: null) record and keep the network's normalisation.
+        self.hparams.norm = norm
         self.kind = kind
         # Read by the attacks' query helpers: None marks an ANN. Settable for
         # latency sweeps (run the trained SNN with T' steps).
@@ -146,11 +166,15 @@ class Classifier(L.LightningModule):
             spiking = {} if kind == "ann" else dict(neuron_type="scaled_if" if init == "converted" else neuron,
                                                     surrogate_name=surrogate, tau=tau, v_threshold=v_threshold,
                                                     v_init=convert_v_init)
-            self.net = build_network(arch, kind, input_shape, num_classes, width, **spiking)
+            self.net = build_network(arch, kind, input_shape, num_classes, width, norm, **spiking)
         if init == "converted":
             # False until the weights and thresholds came from init_from: a resumed or
             # reloaded checkpoint has True here and is not converted again.
             self.register_buffer("init_done", torch.zeros((), dtype=torch.bool))
+        # DP-SGD: per-sample gradient hooks on self.net (active in training mode only), noise,
+        # accountant. MembershipDataModule reads poisson_sampling to draw Poisson batches.
+        self.private = PrivateTraining(dp_settings, self.net, time_major=kind == "snn") if dp_settings else None
+        self.poisson_sampling = self.private is not None
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -210,24 +234,25 @@ class Classifier(L.LightningModule):
         network that reads out over time itself)."""
         functional.reset_net(self.net)  # no membrane potential may leak from the last query
         if self.hparams.net is None and self.encoding == "direct" and x.dim() == len(self.input_shape) + 1 \
-                and self._opens_with_conv_bn():
+                and self._opens_with_conv_norm():
             out = self._stem_once(x)
             for module in itertools.islice(self.net, 2, None):  # not net[2:]: that builds a Sequential per call
                 out = module(out)
             return out
         return self.net(self.encode(x))
 
-    def _opens_with_conv_bn(self) -> bool:
-        # Every built-in architecture opens with conv, BN (networks._conv_bn); _stem_once relies on it.
-        return isinstance(self.net[0], layer.Conv2d) and isinstance(self.net[1], layer.BatchNorm2d)
+    def _opens_with_conv_norm(self) -> bool:
+        # Every built-in architecture opens with conv, norm (networks._conv_bn); _stem_once relies on it.
+        return isinstance(self.net[0], layer.Conv2d) and isinstance(self.net[1], (layer.BatchNorm2d, layer.GroupNorm))
 
     def _stem_once(self, x: torch.Tensor) -> torch.Tensor:
-        """The stem (conv, BN) of a directly encoded image, computed on [1, B, ...] and
-        expanded to [T, B, ...]: all T steps see the same image, so conv and BN outputs
-        (and BN's batch statistics) are those of the T-fold copy, at 1/T of the cost.
-        Backward sums the T steps' gradients through the expand, as through the copies."""
+        """The stem (conv, norm) of a directly encoded image, computed on [1, B, ...] and
+        expanded to [T, B, ...]: all T steps see the same image, so conv and norm outputs
+        (and BN's batch statistics; GroupNorm's are per sample and step) are those of the
+        T-fold copy, at 1/T of the cost. Backward sums the T steps' gradients through the
+        expand, as through the copies (and so do DP's per-sample gradients)."""
         conv, bn = self.net[0], self.net[1]
-        fix_var = bn.training and bn.track_running_stats and self.T > 1
+        fix_var = isinstance(bn, layer.BatchNorm2d) and bn.training and bn.track_running_stats and self.T > 1
         var_before = bn.running_var.clone() if fix_var else None
         out = bn(conv(self.normalize(x).unsqueeze(0)))
         if fix_var:
@@ -253,6 +278,8 @@ class Classifier(L.LightningModule):
     def on_fit_start(self):
         if self.hparams.init != "converted" or bool(self.init_done):
             return
+        if self.private is not None:
+            rank_zero_warn(f"model.dp with model.init=converted: epsilon covers the {DP_SCOPE_CONVERTED}")
         datamodule = self.trainer.datamodule
         # Without a datamodule (trainer.fit(model, loader)) the loader is only in the fit loop's source.
         loader = datamodule.train_dataloader() if datamodule is not None else self.trainer.fit_loop._data_source.dataloader()
@@ -265,15 +292,20 @@ class Classifier(L.LightningModule):
     def _step(self, batch, stage: str, acc):
         x, y = batch[0], batch[1]
         logits = self(x)
-        loss = F.cross_entropy(logits, y)
-        acc(logits, y)
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(y),
-                 sync_dist=True)
-        self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
-        return loss
+        losses = F.cross_entropy(logits, y, reduction="none")
+        loss = losses.mean()
+        if len(y):  # a Poisson batch can be empty: it still makes a DP step (noise only), but logs nothing
+            acc(logits, y)
+            self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(y),
+                     sync_dist=True)
+            self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        return loss, losses
 
     def training_step(self, batch, batch_idx):
-        return self._step(batch, "train", self.train_acc)
+        loss, losses = self._step(batch, "train", self.train_acc)
+        # DP-SGD clips each sample's gradient of its own loss: backpropagate the sum, and the
+        # DP optimizer divides the clipped, noised sum by the expected batch size.
+        return losses.sum() if self.private is not None else loss
 
     def validation_step(self, batch, batch_idx):
         self._step(batch, "val", self.val_acc)
@@ -287,7 +319,39 @@ class Classifier(L.LightningModule):
             opt = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
         else:
             opt = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        if self.private is not None:
+            check_trainer(hp.dp, self.trainer)
+            # estimated_stepping_batches loads the training loader, the one the fit loop then uses:
+            # its sampling rate and the planned steps set the noise for a target epsilon.
+            steps = self.trainer.estimated_stepping_batches
+            opt = self.private.optimizer(opt, self.trainer.train_dataloader, steps)
         if hp.scheduler == "none":
             return opt
         epochs = max(1, self.trainer.max_epochs or 1)
         return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)}
+
+    # -- differential privacy (privacy.py) -----------------------------------------------
+    def on_train_epoch_end(self):
+        if self.private is not None:  # spent epsilon against the epoch, next to the attack metrics
+            self.log("dp/epsilon", self.private.epsilon(), on_step=False, on_epoch=True, prog_bar=True)
+
+    def dp_facts(self) -> dict | None:
+        """The accountant's epsilon and what it rests on (done.json and the report), or None without DP."""
+        if self.private is None:
+            return None
+        return {**self.private.facts(), "scope": DP_SCOPE_CONVERTED if self.hparams.init == "converted" else "all training"}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.private is not None:
+            checkpoint["dp"] = self.private.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        trainer = self._trainer
+        if trainer is not None and trainer.state.fn == "fit" and (self.private is None) != ("dp" not in checkpoint):
+            # Resuming must keep the accounting whole: a DP run continued without DP (or a plain
+            # run continued with DP, its earlier steps unaccounted) would report a wrong epsilon.
+            raise ConfigError(f"model.dp={self.hparams.dp!r} but the checkpoint being resumed was trained "
+                              f"{'with' if 'dp' in checkpoint else 'without'} DP; resume with its own model.dp, "
+                              f"or start a new run_dir")
+        if self.private is not None and "dp" in checkpoint:
+            self.private.load_state_dict(checkpoint["dp"])

@@ -34,7 +34,7 @@ from .networks import ScaledIFNode
 
 INITS = ("scratch", "converted")
 # Must agree for the weights of init_from to fit this model.
-MATCHING_HPARAMS = ("arch", "width", "num_classes", "input_shape")
+MATCHING_HPARAMS = ("arch", "width", "num_classes", "input_shape", "norm")
 
 
 def check_convert_mode(mode) -> None:
@@ -69,6 +69,8 @@ def load_source(path, hparams, datamodule=None) -> tuple[dict, dict]:
         mine, theirs = hparams.get(name), hp.get(name)
         if name == "input_shape":
             mine, theirs = tuple(mine), tuple(theirs) if theirs is not None else None
+        if name == "norm":  # checkpoints from before model.norm existed used BatchNorm
+            theirs = theirs or "batch"
         if mine != theirs:
             raise ConfigError(f"{key} has {name}={theirs!r} but this model has {name}={mine!r}; they must match")
     if not (hp.get("kind") == "ann" or (hp.get("kind") == "snn" and hp.get("init") == "converted")):

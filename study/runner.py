@@ -15,7 +15,8 @@ models are skipped, so a rerun trains nothing), a check that its plan.json equal
 entry's (same seed, K, population, audit set), then `run.py audit <base_args> <args> <audit_args>
 --run_dir run_dir/<name>` (signals come from the cache on a rerun). Then run_dir/study/ gets
 report.json (every entry's attacks, target, settings, curves), report.md (one row per entry),
-leakage_vs_T.png, roc_overlay.png and auc_per_epoch.png. How each entry was made
+leakage_vs_T.png, roc_overlay.png, auc_per_epoch.png, and leakage_vs_epsilon.png when an entry
+was trained with DP (model.dp). How each entry was made
 (init, references overrides) is read from its model_0/done.json. Exit codes: 0 done, 2 bad study file or flag (one line,
 nothing written), 1 a run failed or the plans differ (one line naming the entry).
 """
@@ -175,13 +176,19 @@ def _refs_text(e: dict) -> str:
     return ", refs " + " ".join(f"{k}={v}" for k, v in refs.items()) if refs else ""
 
 
+def _dp_text(e: dict) -> str:
+    """', DP eps=0.99' for a target trained with DP-SGD (the accountant's epsilon), '' otherwise."""
+    dp = e["target"].get("dp")
+    return f", DP eps={dp['epsilon']:.3g}" if dp else ""
+
+
 def _label(e: dict) -> str:
     t = e["target"]
     kind = t.get("kind", "?")
     text = f"{kind}{' converted' if e['converted'] else ''}"
     if kind == "snn" and t.get("T") is not None:
         text += f" T={t['T']}"
-    return text + _refs_text(e)
+    return text + _dp_text(e) + _refs_text(e)
 
 
 def markdown(study: dict) -> str:
@@ -288,7 +295,7 @@ def plot_leakage_vs_T(study: dict, path: Path) -> None:
                     if m is None or m.get(metric) is None:  # absent, or below this audit's resolution
                         continue
                     t = e["target"]
-                    refs = _refs_text(e)
+                    refs = _dp_text(e) + _refs_text(e)  # a DP target is a series of its own
                     if t.get("kind") == "ann":
                         ax.axhline(m[metric], color=color, linestyle=":", linewidth=1.4, label=f"{base} ANN{refs}")
                     elif t.get("T") is not None:
@@ -308,6 +315,58 @@ def plot_leakage_vs_T(study: dict, path: Path) -> None:
             if row == 0 and col == len(settings) - 1:
                 ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle(f"Study {study['name']}: leakage against T (ANN dotted)")
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def plot_leakage_vs_epsilon(study: dict, path: Path) -> None:
+    """For a study with DP entries: AUC and TPR@0.1%FPR against the accountant's epsilon (log
+    axis; entries trained without DP at the right, as inf), one panel per (metric, query
+    setting), a colour per attack, a line per model (kind, T, references; ANN dotted)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    entries, attacks = study["entries"], study["main_attacks"]
+    eps = [e["target"]["dp"]["epsilon"] for e in entries.values() if e["target"].get("dp")]
+    inf_x = max(eps) * 4  # where "no DP" sits on the log axis
+    settings = list(dict.fromkeys(_split(a)[1] for a in attacks)) or ["plain"]
+    metrics = (("auc", "AUC"), ("tpr@0.1%fpr", "TPR@0.1%FPR"))
+    fig, axes = plt.subplots(len(metrics), len(settings), figsize=(5.2 * len(settings), 7.5), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    bases = list(dict.fromkeys(_split(a)[0] for a in attacks))
+    for row, (metric, title) in enumerate(metrics):
+        for col, setting in enumerate(settings):
+            ax = axes[row][col]
+            for a in (a for a in attacks if _split(a)[1] == setting):
+                base = _split(a)[0]
+                lines: dict[str, list] = {}
+                for e in entries.values():
+                    m = e["attacks"].get(a)
+                    if m is None or metric not in m:
+                        continue
+                    t, dp = e["target"], e["target"].get("dp")
+                    model = (f"{t.get('kind', '?').upper()}{' converted' if e['converted'] else ''}"
+                             + (f" T={t['T']}" if t.get("kind") == "snn" and t.get("T") is not None else "")
+                             + _refs_text(e))
+                    lines.setdefault(model, []).append((dp["epsilon"] if dp else inf_x, m[metric]))
+                for model, pts in lines.items():
+                    pts.sort()
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if "SNN" in model else "s",
+                            linestyle="-" if "SNN" in model else ":", color=colors[bases.index(base) % len(colors)],
+                            label=f"{base} {model}")
+            ax.set_xscale("log")
+            ticks = sorted(set(eps))
+            ax.set_xticks(ticks + [inf_x], [f"{v:.3g}" for v in ticks] + ["no DP"])
+            ax.set_xlabel("epsilon (accountant, after training)")
+            ax.set_ylabel(title)
+            ax.set_title(f"{title}, query {setting}", fontsize=10)
+            ax.grid(alpha=0.3)
+            if row == 0 and col == len(settings) - 1:
+                ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.suptitle(f"Study {study['name']}: leakage against DP-SGD's epsilon")
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
@@ -392,6 +451,8 @@ def write_study_report(spec: dict, plan: dict, reports: dict[str, dict], facts: 
     atomic_write(out / "report.json", lambda p: p.write_text(json.dumps(study, indent=1) + "\n"))
     atomic_write(out / "report.md", lambda p: p.write_text(markdown(study)))
     plot_leakage_vs_T(study, out / "leakage_vs_T.png")
+    if any(e["target"].get("dp") for e in study["entries"].values()):
+        plot_leakage_vs_epsilon(study, out / "leakage_vs_epsilon.png")
     plot_roc_overlay(study, out / "roc_overlay.png")
     plot_epochs(study, out / "auc_per_epoch.png")
     return study

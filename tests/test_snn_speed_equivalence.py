@@ -3,7 +3,7 @@
 Two shortcuts (see benchmarks/train_step.py for what they buy):
 - LeanLIFNode: a multi-step LIF as one autograd Function instead of spikingjelly 2.0's
   CPU autograd graph of unfused ops. Reference: spikingjelly's LIFNode.
-- Classifier._stem_once: with direct encoding the first conv + BN run once on [B, ...]
+- Classifier._stem_once: with direct encoding the first conv + norm (BN or GroupNorm) run once on [B, ...]
   and are expanded over T. Reference: the same model run the original way,
   `net(encode(x))` (image repeated T times, conv + BN on T*B rows) with spikingjelly's
   own neurons.
@@ -120,12 +120,14 @@ def _train_step_state(model: Classifier, x, y):
     return logits.detach(), grads, {k: b.clone() for k, b in model.named_buffers()}
 
 
-@pytest.mark.parametrize("arch, T, neuron_type", [("cnn", 1, "lif"), ("cnn", 4, "lif"), ("resnet18", 3, "lif"),
-                                                  ("vgg16", 2, "lif"), ("cnn", 3, "if")])
-def test_snn_matches_reference_in_training_and_eval(arch, T, neuron_type):
+@pytest.mark.parametrize("arch, T, neuron_type, norm", [("cnn", 1, "lif", "batch"), ("cnn", 4, "lif", "batch"),
+                                                        ("resnet18", 3, "lif", "batch"), ("vgg16", 2, "lif", "batch"),
+                                                        ("cnn", 3, "if", "batch"), ("cnn", 4, "lif", "group"),
+                                                        ("resnet18", 3, "lif", "group")])
+def test_snn_matches_reference_in_training_and_eval(arch, T, neuron_type, norm):
     torch.manual_seed(0)
     model = Classifier(kind="snn", arch=arch, T=T, neuron=neuron_type, width=0.125 if arch != "cnn" else 0.5,
-                       input_shape=(3, 8, 8), num_classes=7, normalization=([0.4] * 3, [0.3] * 3))
+                       input_shape=(3, 8, 8), num_classes=7, normalization=([0.4] * 3, [0.3] * 3), norm=norm)
     ref = _reference(model)
     x, y = torch.rand(12, 3, 8, 8), torch.randint(0, 7, (12,))
     for step in range(2):  # the second step starts from updated BN running statistics

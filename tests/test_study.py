@@ -34,6 +34,7 @@ def test_tiny_study_writes_report_and_plots_and_rerun_retrains_nothing(tmp_path,
     out = rd / "study"
     for name in ("report.json", "report.md", "leakage_vs_T.png", "roc_overlay.png", "auc_per_epoch.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert not (out / "leakage_vs_epsilon.png").exists()  # no entry was trained with DP
     report = json.loads((out / "report.json").read_text())
     assert list(report["entries"]) == ["ann", "snn_T1"]
     assert report["entries"]["ann"]["target"]["kind"] == "ann"
@@ -193,3 +194,32 @@ def test_report_has_one_table_per_query_setting():
     assert row_plain == "| conv_T1 | snn converted T=1 | 0.7000 | 0.040 | 0.6000 | 0.0200 | 0.0030 |"
     assert row_drop == "| conv_T1 | snn converted T=1 | 0.7000 | 0.610 | 0.6500 | 0.0200 | 0.0030 |"
     assert "rmia_offline AUC" in md[plain + 2] and "@dropout" not in md[plain + 2]
+
+
+def test_dp_entries_are_labelled_with_epsilon_and_plotted_against_it(tmp_path):
+    """A DP study (configs/study/*_dp.yaml): each DP entry's row names the accountant's epsilon,
+    and leakage_vs_epsilon.png puts every model's entries on one line over epsilon, no DP last."""
+    from study.runner import markdown, plot_leakage_vs_epsilon
+
+    def entry(kind, auc, eps=None):
+        dp = {"epsilon": eps, "delta": 1e-5, "noise_multiplier": 1.0, "sample_rate": 0.1, "steps": 10} if eps else None
+        return {"args": [], "converted": False, "references": None, "curves": {}, "history": [],
+                "target": {"kind": kind, "T": 4 if kind == "snn" else None, "test_acc": 0.8, "dp": dp},
+                "attacks": {"rmia_offline": {"auc": auc, "tpr@1%fpr": 0.01, "tpr@0.1%fpr": 0.001}}}
+    study = {"name": "dp", "plan": {"seed": 0}, "main_attacks": ["rmia_offline"],
+             "entries": {"snn_eps1": entry("snn", 0.50, 0.98), "snn_eps8": entry("snn", 0.52, 7.9),
+                         "snn_nodp": entry("snn", 0.56), "ann_eps8": entry("ann", 0.51, 7.9), "ann_nodp": entry("ann", 0.53)}}
+    rows = {line.split(" | ")[0][2:]: line for line in markdown(study).splitlines() if line.startswith("| ")}
+    assert rows["snn_eps1"].startswith("| snn_eps1 | snn T=4, DP eps=0.98 |")
+    assert rows["snn_nodp"].startswith("| snn_nodp | snn T=4 |")
+
+    import matplotlib.pyplot as plt
+    from unittest import mock
+    with mock.patch.object(plt, "close"):
+        plot_leakage_vs_epsilon(study, tmp_path / "e.png")
+        ax = plt.gcf().axes[0]
+    lines = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()}
+    plt.close("all")
+    assert lines["rmia_offline SNN T=4"] == ([0.98, 7.9, 7.9 * 4], [0.50, 0.52, 0.56])  # no DP sits at 4 x the largest
+    assert lines["rmia_offline ANN"] == ([7.9, 7.9 * 4], [0.51, 0.53])
+    assert (tmp_path / "e.png").stat().st_size > 0

@@ -24,6 +24,7 @@ from core.errors import ConfigError, check_int
 from core.rundir import checkpoint_path, model_dir, read_checkpoint
 from datamodules import MembershipDataModule
 from lightning_modules import Classifier
+from lightning_modules.privacy import check_trainer
 
 from .console import quiet_lightning
 from .fit import fit_run, fresh_trainer_kwargs, own_callbacks, with_atomic_checkpoints
@@ -163,6 +164,10 @@ class AuditCLI(LightningCLI):
         for cb in self.trainer.callbacks:
             if isinstance(cb, MembershipAttack):
                 cb.check()  # a bad audit setting fails now, not after the references trained
+        # DP under DDP and the like are refused before anything is written (the references use this trainer's settings).
+        refs_dp = {**model.hparams, **(self._cfg.references or {})}.get("dp")
+        for dp in (model.hparams.dp, refs_dp if self._cfg.data.model_index is None else None):
+            check_trainer(dp, self.trainer)
         fit_run(self.trainer, model, datamodule, self._cfg, ckpt_path)
 
     def audit(self, model, datamodule, latencies=None, report_dir=None, **settings):

@@ -242,6 +242,8 @@ def train_model(trainer, model, datamodule, cfg, ckpt_path=None) -> None:
             "init": hp.get("init"), "init_from": hp.get("init_from"),
             # What the run gave its references, so a later step (the study) reads facts, not flags.
             "references": dict(cfg.references) if cfg.references else None,
+            # DP-SGD: the accountant's epsilon and what it rests on (None without model.dp).
+            "dp": model.dp_facts(),
             "plan": datamodule.plan.fingerprint, "hparams": {k: _plain(v) for k, v in hp.items()}})
         for p in requeue_checkpoints(run_dir, index):  # done: a requeue checkpoint is never resumed again
             p.unlink(missing_ok=True)

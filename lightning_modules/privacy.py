@@ -1,0 +1,249 @@
+"""Differentially private training (DP-SGD, Abadi et al., CCS 2016) of a Classifier, with Opacus.
+
+`model.dp: {epsilon | noise_multiplier, delta, max_grad_norm[, accountant]}`; null trains without DP.
+
+Opacus does the mechanism: GradSampleModule's hooks compute per-sample gradients; DPOptimizer
+clips each to max_grad_norm, sums them, adds N(0, (noise_multiplier * max_grad_norm)^2) noise and
+divides by the expected batch size; DPDataLoader draws Poisson batches (every training sample joins
+a batch independently with probability q, the sampling that the accounting assumes); the
+accountant (RDP, or PRV) turns the (noise multiplier, q, steps) history into epsilon at delta,
+and get_noise_multiplier finds the noise for a target epsilon.
+
+What is ours is an SNN's per-sample gradient. Its layers run multi-step on [T, B, ...] inputs
+(spikingjelly folds T into the batch inside each layer, [T*B, ...]), so Opacus' own rules would
+clip per (time step, sample) row, and the accounting, which counts a sample once per step, would
+be silently wrong. Here Opacus is told that an SNN's batch is dimension 1: it hands our grad
+samplers [B, T, ...] and they sum over T, so each sample's gradient is that of its own loss
+through all its T steps. An ANN's layers are batch-first and get the same rules on [B, ...].
+BatchNorm mixes the samples of a batch and has no per-sample gradient: DP needs model.norm=group.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+
+import torch
+from opacus import GradSampleModule
+from opacus.accountants import create_accountant
+from opacus.accountants.utils import get_noise_multiplier
+from opacus.data_loader import DPDataLoader
+from opacus.grad_sample import compute_group_norm_grad_sample, compute_linear_grad_sample, register_grad_sampler
+from opacus.optimizers import DPOptimizer
+from opacus.utils.module_utils import trainable_modules
+from opacus.utils.tensor_utils import unfold2d
+from spikingjelly.activation_based import layer
+from torch import nn
+
+from core.errors import ConfigError, check_choice, check_number
+
+# Opacus' hooks on the first layer, whose input (the data) needs no gradient, make torch warn at every step.
+warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed with respect to module outputs")
+
+DP_KEYS = ("epsilon", "noise_multiplier", "delta", "max_grad_norm", "accountant")
+ACCOUNTANTS = ("rdp", "prv")
+
+
+@dataclass(frozen=True)
+class DPSettings:
+    """model.dp, checked. Exactly one of epsilon (the noise is calibrated to reach it after the
+    planned steps) and noise_multiplier (epsilon is whatever the accountant says) is set."""
+
+    delta: float
+    max_grad_norm: float
+    epsilon: float | None = None
+    noise_multiplier: float | None = None
+    accountant: str = "rdp"
+
+
+def check_dp(dp) -> DPSettings | None:
+    """model.dp as DPSettings (None: no DP); a bad value is a ConfigError naming its key."""
+    if dp is None:
+        return None
+    shape = "{epsilon | noise_multiplier, delta, max_grad_norm[, accountant: rdp | prv]}"
+    if not isinstance(dp, dict):
+        raise ConfigError(f"model.dp={dp!r} is not allowed; expected null (no DP) or a mapping {shape}")
+    unknown = sorted(str(k) for k in set(dp) - set(DP_KEYS))
+    if unknown:
+        raise ConfigError(f"model.dp has unknown key(s) {unknown}; allowed: {', '.join(DP_KEYS)}")
+    given = [k for k in ("epsilon", "noise_multiplier") if dp.get(k) is not None]
+    if len(given) != 1:
+        raise ConfigError(f"model.dp={dict(dp)!r} is not allowed; give exactly one of epsilon (the target, the noise "
+                          f"is calibrated to it) and noise_multiplier (epsilon follows from it), not "
+                          f"{'both' if given else 'neither'}")
+    for key in ("delta", "max_grad_norm"):
+        if dp.get(key) is None:
+            raise ConfigError(f"model.dp.{key} is missing; expected a mapping {shape}")
+    check_number(f"model.dp.{given[0]}", dp[given[0]], 0, low_open=True)
+    check_number("model.dp.delta", dp["delta"], 0, 1, low_open=True, high_open=True)
+    check_number("model.dp.max_grad_norm", dp["max_grad_norm"], 0, low_open=True)
+    accountant = dp.get("accountant", "rdp")
+    check_choice("model.dp.accountant", accountant, ACCOUNTANTS)
+    return DPSettings(delta=float(dp["delta"]), max_grad_norm=float(dp["max_grad_norm"]), accountant=accountant,
+                      **{given[0]: float(dp[given[0]])})
+
+
+def check_trainer(dp, trainer) -> None:
+    """Trainer settings that DP-SGD cannot run under, refused before anything trains."""
+    if dp is None:
+        return
+    world = int(getattr(trainer, "world_size", 1) or 1)
+    if world > 1:
+        # Lightning's DDP all-reduces the plain gradient during backward; DP-SGD must clip each
+        # sample's gradient before any sum and add the noise once (Opacus' DPDDP and
+        # DistributedDPOptimizer), which Lightning's strategy does not do.
+        raise ConfigError(f"model.dp is not supported with {world} processes (trainer.devices x trainer.num_nodes); "
+                          f"train DP models on one device, or set model.dp=null")
+    accumulate = getattr(trainer, "accumulate_grad_batches", 1)
+    if accumulate != 1:
+        raise ConfigError(f"trainer.accumulate_grad_batches={accumulate!r} is not allowed with model.dp; expected 1 "
+                          f"(a Poisson batch is one DP step; raise data.batch_size instead)")
+    clip = getattr(trainer, "gradient_clip_val", None)
+    if clip:
+        raise ConfigError(f"trainer.gradient_clip_val={clip!r} is not allowed with model.dp; DP-SGD clips each sample's "
+                          f"gradient to model.dp.max_grad_norm (Lightning's clip of the batch gradient would be overwritten)")
+    precision = str(getattr(trainer, "precision", "32-true"))
+    if precision.startswith("16"):
+        raise ConfigError(f"trainer.precision={precision!r} is not allowed with model.dp; its loss scaling would "
+                          f"scale the per-sample gradients before clipping; use 32-true or bf16-mixed")
+
+
+# -- per-sample gradients of spikingjelly's layers, summed over an SNN's time steps -------------
+def _per_sample(rule):
+    """Opacus grad sampler for a spikingjelly layer: `rule(layer, x, g, steps)` gets the input and
+    output gradient as [B, T, ...] (T = 1 for a single-step layer) and returns the per-sample
+    gradients [B, *param.shape]. An empty Poisson batch gives empty per-sample gradients, so that
+    the DP step still adds its noise."""
+
+    def sampler(module, activations, backprops):
+        x = activations[0].to(backprops.dtype)
+        multi = getattr(module, "step_mode", "s") == "m"
+        if x.shape[0] == 0:
+            return {p: torch.zeros(0, *p.shape, dtype=p.dtype, device=p.device)
+                    for p in module.parameters(recurse=False) if p.requires_grad}
+        if not multi:
+            x, backprops = x.unsqueeze(1), backprops.unsqueeze(1)
+        return rule(module, x, backprops)
+
+    return sampler
+
+
+def _conv2d(conv: layer.Conv2d, x: torch.Tensor, g: torch.Tensor) -> dict:
+    """Per-sample gradient of a convolution: the input's patches (im2col) times the output gradient,
+    summed over the output positions and the T steps in one einsum, per group of channels."""
+    if conv.padding_mode != "zeros":
+        raise NotImplementedError(f"model.dp: no per-sample gradient for padding_mode={conv.padding_mode!r}")
+    n, steps, groups = x.shape[0], x.shape[1], conv.groups
+    cols = unfold2d(x.reshape(n * steps, *x.shape[2:]), kernel_size=conv.kernel_size, padding=conv.padding,
+                    stride=conv.stride, dilation=conv.dilation)  # [n*T, C*kh*kw, L], channel-major
+    cols = cols.reshape(n, steps, groups, -1, cols.shape[-1])
+    g = g.reshape(n, steps, groups, conv.out_channels // groups, -1)
+    out = {}
+    if conv.weight.requires_grad:
+        out[conv.weight] = torch.einsum("ntgol,ntgpl->ngop", g, cols).reshape(n, *conv.weight.shape)
+    if conv.bias is not None and conv.bias.requires_grad:
+        out[conv.bias] = g.sum((1, 4)).reshape(n, -1)
+    return out
+
+
+def _group_norm(norm: layer.GroupNorm, x: torch.Tensor, g: torch.Tensor) -> dict:
+    n, steps = x.shape[:2]
+    rows = compute_group_norm_grad_sample(norm, [x.flatten(0, 1)], g.flatten(0, 1))  # Opacus' rule per row
+    return {p: v.reshape(n, steps, *v.shape[1:]).sum(1) for p, v in rows.items()}
+
+
+def _linear(linear: layer.Linear, x: torch.Tensor, g: torch.Tensor) -> dict:
+    return compute_linear_grad_sample(linear, [x], g)  # Opacus' rule sums over the middle (T) dimension
+
+
+SAMPLERS = {layer.Conv2d: _conv2d, layer.GroupNorm: _group_norm, layer.Linear: _linear}
+for _cls, _rule in SAMPLERS.items():
+    register_grad_sampler(_cls)(_per_sample(_rule))
+
+
+def check_layers(net: nn.Module, time_major: bool) -> None:
+    """Every trainable layer of an SNN must have one of our T-summing rules (Opacus' fallback
+    would treat [T, B] rows as samples); an ANN may use any layer Opacus supports."""
+    if not time_major:
+        return
+    bad = [f"{name} ({type(m).__name__})" for name, m in trainable_modules(net) if type(m) not in SAMPLERS]
+    if bad:
+        raise ConfigError(f"model.dp: no per-sample gradient over an SNN's time steps for layer(s) {bad[:3]}; "
+                          f"supported: {', '.join(c.__name__ for c in SAMPLERS)} (spikingjelly's layer module)")
+
+
+# -- one model's DP training ---------------------------------------------------------------------
+class PrivateTraining:
+    """DP-SGD state of one model: the per-sample gradient hooks on its network, the noise, the
+    sampling rate and the accountant. `time_major`: the network is an SNN run on [T, B, ...]."""
+
+    def __init__(self, settings: DPSettings, net: nn.Module, time_major: bool):
+        check_layers(net, time_major)
+        self.settings = settings
+        # loss_reduction="sum": the training step backpropagates the sum of the per-sample losses,
+        # so the hooks' gradients are each sample's own; DPOptimizer divides by the expected batch size.
+        try:
+            self.hooks = GradSampleModule(net, batch_first=not time_major, loss_reduction="sum", strict=True)
+        except NotImplementedError as err:  # a trainable layer with buffers: BatchNorm
+            raise ConfigError(f"model.dp: {str(err).strip().splitlines()[0]} (set model.norm=group)") from None
+        self.accountant = create_accountant(settings.accountant)
+        self.noise_multiplier = settings.noise_multiplier
+        self.sample_rate: float | None = None
+        self.expected_batch_size: int | None = None
+        self.planned_steps: int | None = None
+
+    def optimizer(self, optimizer: torch.optim.Optimizer, loader, planned_steps) -> DPOptimizer:
+        """`optimizer` made DP for training on `loader` (which must draw Poisson batches) for
+        `planned_steps` steps; with a target epsilon, the noise is calibrated here."""
+        if not isinstance(loader, DPDataLoader):
+            raise ConfigError(f"model.dp needs Poisson sampling, but the training loader is a {type(loader).__name__}; "
+                              "use MembershipDataModule (it draws Poisson batches for a DP model) or wrap the loader "
+                              "with opacus.data_loader.DPDataLoader.from_data_loader")
+        self.sample_rate = float(loader.sample_rate)
+        self.expected_batch_size = max(1, int(len(loader.dataset) * self.sample_rate))  # as Opacus' make_private
+        if self.settings.epsilon is not None:
+            if planned_steps is None or planned_steps == float("inf"):
+                raise ConfigError("model.dp.epsilon needs a bounded training length to calibrate the noise; "
+                                  "set trainer.max_epochs or trainer.max_steps")
+            self.planned_steps = int(planned_steps)
+            # Steps already taken (a resumed run) are in the accountant; the noise is the one
+            # that reaches the target after all planned steps, as in the first run.
+            self.noise_multiplier = get_noise_multiplier(
+                target_epsilon=self.settings.epsilon, target_delta=self.settings.delta, sample_rate=self.sample_rate,
+                steps=self.planned_steps, accountant=self.settings.accountant)
+        dp_optimizer = DPOptimizer(optimizer, noise_multiplier=self.noise_multiplier,
+                                   max_grad_norm=self.settings.max_grad_norm,
+                                   expected_batch_size=self.expected_batch_size, loss_reduction="mean")
+        dp_optimizer.attach_step_hook(self.accountant.get_optimizer_hook_fn(sample_rate=self.sample_rate))
+        return dp_optimizer
+
+    @property
+    def steps(self) -> int:
+        """DP steps taken so far (every noisy update the accountant counted)."""
+        return int(sum(h[-1] for h in self.accountant.history))
+
+    def epsilon(self) -> float:
+        """Epsilon spent so far at the configured delta (0 before the first step)."""
+        if not self.accountant.history:
+            return 0.0
+        return float(self.accountant.get_epsilon(delta=self.settings.delta))
+
+    def facts(self) -> dict:
+        """What done.json and the report state: the accountant's epsilon and what it rests on."""
+        s = self.settings
+        return {"epsilon": self.epsilon(), "delta": s.delta, "noise_multiplier": self.noise_multiplier,
+                "sample_rate": self.sample_rate, "steps": self.steps, "accountant": s.accountant,
+                "max_grad_norm": s.max_grad_norm, "target_epsilon": s.epsilon,
+                "expected_batch_size": self.expected_batch_size}
+
+    def state_dict(self) -> dict:
+        """For the checkpoint: plain lists, so that torch.load(weights_only=True) reads it."""
+        return {"accountant": self.settings.accountant,
+                "history": [[float(nm), float(q), int(k)] for nm, q, k in self.accountant.history],
+                "settings": asdict(self.settings)}
+
+    def load_state_dict(self, state: dict, label: str = "the checkpoint being resumed") -> None:
+        if state.get("accountant") != self.settings.accountant:
+            raise ConfigError(f"{label} was accounted with model.dp.accountant={state.get('accountant')!r}, this run "
+                              f"asks for {self.settings.accountant!r}; keep the accountant of the run or use a new run_dir")
+        self.accountant.history = [tuple(h) for h in state.get("history", [])]
