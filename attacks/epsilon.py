@@ -102,9 +102,7 @@ def eps_lower_bound(scores, is_member, *, k_plus: int | None = None, k_minus: in
 
     c = int(y.sum())
     alpha = (1 - confidence) / len(candidates)
-    # log(1 / P_c) for the plan's exactly-c design, log 1 = 0 for the paper's independent one
-    log_factor = (n * math.log(2) - (math.lgamma(n + 1) - math.lgamma(c + 1) - math.lgamma(n - c + 1))
-                  if design == "half" else 0.0)
+    log_factor = plan_log_factor(n, c) if design == "half" else 0.0
     member_sorted = y[torch.argsort(s, descending=True, stable=True)].long()
     best = None
     for kp, km in candidates:
@@ -133,6 +131,13 @@ def p_value(guesses: int, correct: int, eps: float, delta: float = 0.0, num_samp
     if delta > 0 and num_samples is None:
         raise ValueError("num_samples must be given when delta > 0 (the delta term scales with it)")
     return math.exp(min(0.0, _log_p(guesses, correct, eps, delta, num_samples or 0)))
+
+
+def plan_log_factor(num_samples: int, num_members: int) -> float:
+    """log(2^N / C(N, c)): the log of 1 / P[exactly c of N independent fair coins are members], the
+    factor by which ``design="half"`` multiplies the paper's p-value."""
+    n, c = num_samples, num_members
+    return n * math.log(2) - (math.lgamma(n + 1) - math.lgamma(c + 1) - math.lgamma(n - c + 1))
 
 
 def _default_candidates(n: int) -> list[tuple[int, int]]:

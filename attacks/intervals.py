@@ -18,12 +18,13 @@ Several targets or seeds:
 from __future__ import annotations
 
 import math
+import statistics
 
 import torch
 from torch import Tensor
 
-# scipy is imported inside the functions that use it: scipy.stats takes 0.85 s to import here
-# (`import attacks` went from 1.9 s to 2.7 s), and every run.py command imports this package.
+# scipy is imported inside the one function that uses it (mean_interval): scipy.stats takes 0.85 s
+# to import here (`import attacks` went from 1.9 s to 2.7 s), and every run.py command imports it.
 from ._checks import as_float64, as_mask
 from .metrics import FPR_LEVELS
 
@@ -32,9 +33,9 @@ DEFAULT_METRICS = ("auc", "tpr@1%fpr", "tpr@0.1%fpr")
 AUC_METHODS = ("delong", "bootstrap")
 # Draws (replicates x audit samples) per chunk of the bootstrap: memory stays bounded at any N (a
 # chunk's tensors are a few MB). At N = 60,000 a chunk is 4 replicates, at N = 1,617 it is 162.
-# Measured here with B = 1,000 (median of 5 interleaved rounds, 1 thread), chunks of 2^18 draws ran
-# fastest: at N = 60,000, 33x one roc_metrics call with AUC, against 40x (2^16) and 43x (2^20), as
-# larger chunks allocate fresh pages. The chunk size decides which random numbers go to which
+# Of 2^16 to 2^20 draws per chunk, 2^18 was the fastest or within the noise of it at both sizes
+# (B = 1,000, medians of interleaved rounds, 1 thread; at N = 60,000 with AUC 34x one roc_metrics
+# call, against 43x for 2^16 and 45x for 2^20). The chunk size decides which random numbers go to which
 # replicate, so it is a constant: the same inputs and seed give the same replicates in any process.
 _CHUNK_ELEMENTS = 2**18
 
@@ -111,15 +112,15 @@ def roc_intervals(scores, is_member, *, num_bootstrap: int = 1000, seed: int = 0
     metrics = _check_metrics(metrics)
     if auc not in AUC_METHODS:
         raise ValueError(f"auc must be one of {', '.join(AUC_METHODS)}, got {auc!r}")
-    num_out = int((~y).sum())
+    rank = _Ranking(s, y)
     out: dict[str, tuple[float, float] | None] = {}
     boot = [m for m in metrics if not (m == "auc" and auc == "delong")
-            and (m == "auc" or measurable(FPR_LEVELS[m], num_out))]
-    reps = _bootstrap(s, y, boot, num_bootstrap, seed) if boot else {}
+            and (m == "auc" or measurable(FPR_LEVELS[m], rank.num_out))]
+    reps = _bootstrap(rank, boot, num_bootstrap, seed) if boot else {}
     q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
     for m in metrics:
         if m == "auc" and auc == "delong":
-            out[m] = delong_auc_interval(s, y, level=level)
+            out[m] = _delong(rank, level)
         elif m in reps:
             lo, hi = torch.quantile(reps[m], q).tolist()
             out[m] = (lo, hi)
@@ -139,8 +140,8 @@ def roc_bootstrap(scores, is_member, *, num_bootstrap: int = 1000, seed: int = 0
     _check_count("num_bootstrap", num_bootstrap, minimum=1)
     _check_seed(seed)
     metrics = _check_metrics(metrics)
-    num_out = int((~y).sum())
-    return _bootstrap(s, y, [m for m in metrics if m == "auc" or measurable(FPR_LEVELS[m], num_out)],
+    rank = _Ranking(s, y)
+    return _bootstrap(rank, [m for m in metrics if m == "auc" or measurable(FPR_LEVELS[m], rank.num_out)],
                       num_bootstrap, seed)
 
 
@@ -149,30 +150,30 @@ def delong_auc_interval(scores, is_member, level: float = 0.95) -> tuple[float, 
 
     The AUC is the Mann-Whitney statistic: the mean over (member i, non-member
     j) pairs of psi = 1 if s_i > s_j, 1/2 if equal, 0 otherwise. Its structural
-    components V10_i = mean_j psi(i, j) and V01_j = mean_i psi(i, j) come from
-    mid-ranks (ties count 1/2, as in the AUC): V10_i = (R_i - R+_i) / N_out with
-    R the mid-rank among all samples and R+ among members, and V01_j = 1 -
-    (R_j - R-_j) / N_in. Then Var(AUC) = S10 / N_in + S01 / N_out with S10, S01
-    the sample variances (ddof 1) of the components, and the interval is
+    components are V10_i = mean_j psi(i, j) (the non-members below member i,
+    ties counting 1/2, over N_out) and V01_j = mean_i psi(i, j) (the members
+    above non-member j, likewise, over N_in), counted from one sort as in the
+    bootstrap: the mid-rank formulation. Var(AUC) = S10 / N_in + S01 / N_out with
+    S10, S01 the sample variances (ddof 1) of the components, and the interval is
     AUC +- z_{(1+level)/2} sqrt(Var), clipped to [0, 1].
 
     With one member or one non-member a variance is undefined: (nan, nan).
     Perfectly separated scores have zero variance and give (AUC, AUC).
     """
-    from scipy import stats  # here, not at the top: see the imports
-
     s, y = _scores_and_labels(scores, is_member)
     _check_level("level", level)
-    pos, neg = s[y].numpy(), s[~y].numpy()
-    n1, n0 = len(pos), len(neg)
-    if n1 < 2 or n0 < 2:
+    return _delong(_Ranking(s, y), level)
+
+
+def _delong(rank: _Ranking, level: float) -> tuple[float, float]:
+    n_in, n_out = rank.num_in, rank.num_out
+    if n_in < 2 or n_out < 2:
         return (math.nan, math.nan)
-    r_all = stats.rankdata(s.numpy())
-    v10 = (r_all[y.numpy()] - stats.rankdata(pos)) / n0
-    v01 = 1.0 - (r_all[~y.numpy()] - stats.rankdata(neg)) / n1
+    v10 = 1.0 - (rank.lo + rank.hi).to(torch.float64) / (2 * n_out)
+    v01 = (rank.above[:-1] + rank.above_or_tied).to(torch.float64) / (2 * n_in)
     auc = float(v10.mean())
-    var = v10.var(ddof=1) / n1 + v01.var(ddof=1) / n0
-    half = float(stats.norm.ppf((1 + level) / 2)) * math.sqrt(var)
+    var = float(v10.var(correction=1)) / n_in + float(v01.var(correction=1)) / n_out
+    half = statistics.NormalDist().inv_cdf((1 + level) / 2) * math.sqrt(var)
     return (max(0.0, auc - half), min(1.0, auc + half))
 
 
@@ -186,7 +187,7 @@ def mean_interval(values, level: float = 0.95) -> tuple[float, float]:
     cell with a single seed should print "n/a", not stop the report. An empty
     ``values`` is an error.
     """
-    from scipy import stats  # here, not at the top: see the imports
+    from scipy import stats  # here, not at the top: see the note at the imports
 
     v = as_float64("values", values, 1)
     _check_level("level", level)
@@ -257,6 +258,9 @@ class _Ranking:
       below above[j*] (above[N_out] = N_in: no non-member exceeds L). Without
       member / non-member ties they are also the members in slots <=
       above_out[j*], the number of non-members scored above s_{j*}.
+
+    DeLong's interval reads the same counts: lo, hi, and above / above_or_tied
+    (the members scored > / >= each non-member).
     """
 
     def __init__(self, s: Tensor, y: Tensor):
@@ -267,94 +271,109 @@ class _Ranking:
         self.lo = self.num_out - torch.searchsorted(neg_up, pos, right=True)
         self.hi = self.num_out - torch.searchsorted(neg_up, pos, right=False)
         self.ties = bool((self.lo != self.hi).any())
-        above = self.num_in - torch.searchsorted(pos.flip(0), neg, right=True)  # members > s_j
+        pos_up = pos.flip(0)
+        above = self.num_in - torch.searchsorted(pos_up, neg, right=True)  # members > s_j
         self.above = torch.cat([above, torch.tensor([self.num_in])])
+        self.above_or_tied = self.num_in - torch.searchsorted(pos_up, neg, right=False)  # members >= s_j
         above_out = self.num_out - torch.searchsorted(neg_up, neg, right=True)  # non-members > s_j
         self.above_out = torch.cat([above_out, torch.tensor([self.num_out])])
 
 
-def _bootstrap(s: Tensor, y: Tensor, metrics: list[str], num_bootstrap: int, seed: int) -> dict[str, Tensor]:
-    rank = _Ranking(s, y)
+class _Buffers:
+    """Working tensors reused from chunk to chunk. Allocated afresh for every chunk, their pages went
+    back to the system and faulted in again: five identical bootstraps (N = 60,000, B = 1,000, with
+    AUC) took 0.38 s to 0.93 s here, and 0.39 s to 0.47 s with reuse."""
+
+    def __init__(self):
+        self._tensors: dict[str, Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        n = math.prod(shape)
+        t = self._tensors.get(name)
+        if t is None or t.numel() < n or t.dtype != dtype:
+            t = self._tensors[name] = torch.empty(n, dtype=dtype)
+        return t[:n].view(shape)
+
+
+def _bootstrap(rank: _Ranking, metrics: list[str], num_bootstrap: int, seed: int) -> dict[str, Tensor]:
     g = torch.Generator().manual_seed(seed)
-    per_chunk = max(1, _CHUNK_ELEMENTS // s.numel())
+    per_chunk = max(1, _CHUNK_ELEMENTS // (rank.num_in + rank.num_out))
+    buffers = _Buffers()
     parts = []
     for start in range(0, num_bootstrap, per_chunk):
         b = min(per_chunk, num_bootstrap - start)
         # int32 draws: torch's CPU randint took 2.7 ns per int32 and 5.9 ns per int64 here
-        members = torch.randint(rank.num_in, (b, rank.num_in), generator=g, dtype=torch.int32)
-        nonmembers = torch.randint(rank.num_out, (b, rank.num_out), generator=g, dtype=torch.int32)
-        parts.append(_replicate_metrics(rank, members, nonmembers, metrics))
+        members = buffers.get("members", (b, rank.num_in), torch.int32)
+        nonmembers = buffers.get("nonmembers", (b, rank.num_out), torch.int32)
+        torch.randint(rank.num_in, (b, rank.num_in), generator=g, out=members)
+        torch.randint(rank.num_out, (b, rank.num_out), generator=g, out=nonmembers)
+        parts.append(_replicate_metrics(rank, members, nonmembers, metrics, buffers))
     return {m: torch.cat([p[m] for p in parts]) for m in metrics}
 
 
-def _replicate_metrics(rank: _Ranking, members: Tensor, nonmembers: Tensor, metrics: list[str]) -> dict[str, Tensor]:
+def _replicate_metrics(rank: _Ranking, members: Tensor, nonmembers: Tensor, metrics: list[str],
+                       buffers: _Buffers | None = None) -> dict[str, Tensor]:
     """The metrics of each row's resample: ``members`` [B, N_in] and ``nonmembers`` [B, N_out] hold
     the drawn indices (in descending score order)."""
-    b = members.shape[0]
+    buffers = buffers or _Buffers()
+    b, f64 = members.shape[0], torch.float64
     out, csn, m = {}, None, None
     if "auc" in metrics:
         # Counts and their sums are whole numbers below 2^53: float64 holds them and every sum
         # exactly, whatever the order of addition (so any thread count gives the same result).
-        one = torch.ones((), dtype=torch.float64)
-        m = torch.zeros(b, rank.num_out + 1, dtype=torch.float64)
-        m.scatter_add_(1, rank.lo.index_select(0, members.reshape(-1)).view(b, -1), one.expand(members.shape))
+        one = torch.ones((), dtype=f64)
+        slots = buffers.get("slots", (b * rank.num_in,), torch.int64)
+        m = buffers.get("m", (b, rank.num_out + 1), f64).zero_()
+        torch.index_select(rank.lo, 0, members.reshape(-1), out=slots)
+        m.scatter_add_(1, slots.view(b, -1), one.expand(members.shape))
         if rank.ties:
-            m.scatter_add_(1, rank.hi.index_select(0, members.reshape(-1)).view(b, -1), one.expand(members.shape))
-        wn = torch.zeros(b, rank.num_out, dtype=torch.float64)
-        wn.scatter_add_(1, nonmembers.long(), one.expand(nonmembers.shape))
-        csn = torch.cumsum(wn, 1)  # csn[:, k - 1] = CSn[k]
+            torch.index_select(rank.hi, 0, members.reshape(-1), out=slots)
+            m.scatter_add_(1, slots.view(b, -1), one.expand(members.shape))
+        index = buffers.get("index", (b, rank.num_out), torch.int64)
+        index.copy_(nonmembers)
+        wn = buffers.get("wn", (b, rank.num_out), f64).zero_()
+        wn.scatter_add_(1, index, one.expand(nonmembers.shape))
+        csn = torch.cumsum(wn, 1, out=buffers.get("csn", (b, rank.num_out), f64))  # csn[:, k - 1] = CSn[k]
         wrong2 = torch.linalg.vecdot(m[:, 1:], csn) * (1 if rank.ties else 2)
         pairs2 = 2 * rank.num_in * rank.num_out
         out["auc"] = (pairs2 - wrong2) / pairs2  # exact integers, one rounding: as roc_metrics
     tpr_metrics = [k for k in metrics if k != "auc"]
     if tpr_metrics:
         limits = torch.tensor([_fp_limit(FPR_LEVELS[k], rank.num_out) for k in tpr_metrics])
-        first = _first_above(nonmembers, limits, rank.num_out, csn)  # [B, M]: j*
+        first = _first_above(nonmembers, limits, rank.num_out, csn, buffers)  # [B, M]: j*
         if m is not None and not rank.ties:
             # members above s_{j*} are those in slots <= above_out[j*] (their lo = hi): sum the
             # few slots up to the deepest cut instead of comparing all N_in draws per level
             cut = rank.above_out[first]
             tp = torch.gather(torch.cumsum(m[:, :int(cut.max()) + 1], 1), 1, cut)
         else:
-            cut = rank.above[first]
-            tp = torch.stack([(members < cut[:, k:k + 1]).sum(1) for k in range(len(tpr_metrics))], 1)
+            cut = rank.above[first].to(torch.int32)
+            below = buffers.get("below", tuple(members.shape), torch.bool)
+            # int32 against int32 into a reused buffer: 80 us per 162 x 809 draws here, 125 us for the
+            # plain (members < cut).sum(1)
+            tp = torch.stack([torch.lt(members, cut[:, k:k + 1], out=below).sum(1, dtype=torch.int32)
+                              for k in range(len(tpr_metrics))], 1)
         for k, name in enumerate(tpr_metrics):
-            out[name] = tp[:, k].to(torch.float64) / rank.num_in
+            out[name] = tp[:, k].to(f64) / rank.num_in
     return out
 
 
-def _first_above(nonmembers: Tensor, limits: Tensor, num_out: int, csn: Tensor | None) -> Tensor:
+def _first_above(nonmembers: Tensor, limits: Tensor, num_out: int, csn: Tensor | None,
+                 buffers: _Buffers) -> Tensor:
     """[B, M]: per row, the first non-member whose inclusive count exceeds each limit (num_out if none).
 
-    Only the first few non-members matter at low FPR: the counts of the first W are built from
-    the draws below W (W = L + 8 sqrt(L) + 64 covers the limit L in all but about 1e-15 of the rows;
-    a row it does not cover doubles W and starts again, so the result stays exact). Measured here,
-    34 replicates at N_out = 30,000: 54 us per replicate against 100 us for all N_out counts.
+    ``csn`` holds the rows' inclusive non-member counts when the AUC already built them. (Counting
+    only the draws below a window around the limit was slower: 445 us per chunk of 162 x 808 draws
+    against 275 us for all counts, and 373 against 299 us for 4 x 30,000.)
     """
+    b = nonmembers.shape[0]
     if csn is None:
-        top = int(limits.max())
-        width = min(num_out, top + 1 + math.ceil(8 * math.sqrt(top + 1)) + 64)
-        while True:
-            csn = _first_counts(nonmembers, width, num_out)
-            if width == num_out or bool((csn[:, -1] > top).all()):
-                break
-            width = min(num_out, 2 * width)
-    b = nonmembers.shape[0]
-    first = torch.searchsorted(csn, limits.to(csn.dtype).expand(b, -1).contiguous(), right=True)
-    return first.clamp(max=num_out)
-
-
-def _first_counts(nonmembers: Tensor, width: int, num_out: int) -> Tensor:
-    """[B, width] int64: inclusive counts of the first 1..width non-members of each row."""
-    b = nonmembers.shape[0]
-    if width == num_out:
-        counts = torch.zeros(b, num_out, dtype=torch.int64)
-        counts.scatter_add_(1, nonmembers.long(), torch.ones((), dtype=torch.int64).expand(nonmembers.shape))
-    else:
-        rows, cols = torch.nonzero(nonmembers < width, as_tuple=True)
-        flat = rows * width + nonmembers[rows, cols].long()
-        counts = torch.bincount(flat, minlength=b * width).view(b, width)
-    return torch.cumsum(counts, 1)
+        index = buffers.get("index", (b, num_out), torch.int64)
+        index.copy_(nonmembers)
+        counts = buffers.get("counts", (b, num_out), torch.int64).zero_()
+        counts.scatter_add_(1, index, torch.ones((), dtype=torch.int64).expand(b, num_out))
+        csn = torch.cumsum(counts, 1, out=buffers.get("csn_int", (b, num_out), torch.int64))
+    return torch.searchsorted(csn, limits.to(csn.dtype).expand(b, -1).contiguous(), right=True)
 
 
 def _fp_limit(level: float, num_out: int) -> int:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from attacks import eps_lower_bound, p_value
-from attacks.epsilon import _default_candidates, _eps_from_counts
+from attacks.epsilon import _default_candidates, _eps_from_counts, plan_log_factor
 
 
 def _tail(r, v, q):
@@ -129,7 +129,8 @@ def test_the_plan_design_keeps_the_confidence_under_randomized_response():
     order = output.argsort(1, descending=True)
     ranked = torch.gather(member, 1, order)
     correct = ranked[:, :k].sum(1) + (~ranked[:, -k:]).sum(1)
-    log_factor = n * math.log(2) - math.log(math.comb(n, c))
+    log_factor = plan_log_factor(n, c)
+    assert log_factor == pytest.approx(n * math.log(2) - math.log(math.comb(n, c)), rel=1e-12)
     rates = {}
     for design, factor in (("independent", 0.0), ("half", log_factor)):
         eps_of = {v: _eps_from_counts(2 * k, v, n, 0.0, 0.05, factor) for v in correct.unique().tolist()}

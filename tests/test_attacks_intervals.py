@@ -67,7 +67,9 @@ def test_replicates_equal_roc_metrics_of_the_resample_with_ties(pairs, seed):
 
 
 def test_replicates_equal_roc_metrics_on_a_large_sample():
-    """N_out = 3,000: the TPR-only path counts only the first non-members (a window), the AUC path all."""
+    """N_out = 3,000 with many ties: the TPR-only path counts the non-members itself, the AUC path
+    shares its counts and reads TP from the member slots only when there are no ties (here: the
+    member comparison)."""
     g = torch.Generator().manual_seed(0)
     s, y = _binormal(2000, 3000, 1.0, g)
     s = torch.round(s * 20) / 20  # many ties between members and non-members
