@@ -6,9 +6,23 @@ collect.py  run a model over a loader with a strategy -> logits / signals by sam
             (for an SNN, also per latency t from one pass: query_signals_by_latency)
 scores.py   Attack-P, Attack-R, LiRA, reference ratio;  rmia.py  RMIA
 metrics.py  exact ROC, AUC, TPR at low FPR;  plots.py  ROC and histogram PNGs
+intervals.py  error bars: bootstrap and DeLong intervals of the ROC metrics, t-intervals over
+              targets, paired differences and their verdicts
+epsilon.py  empirical epsilon lower bound from one training run (Steinke, Nasr, Jagielski)
 """
 
 from .collect import query_logits, query_signals, query_signals_by_latency
+from .epsilon import eps_lower_bound, p_value
+from .intervals import (
+    delong_auc_interval,
+    mean_interval,
+    measurable,
+    paired_difference,
+    resolution_note,
+    roc_bootstrap,
+    roc_intervals,
+    verdict,
+)
 from .metrics import FPR_LEVELS, downsample_roc, roc_metrics
 from .plots import plot_roc, plot_score_histograms
 from .queries import Flip, InputDropout, Plain, QueryStrategy, flip, input_dropout, parse_query, plain
@@ -22,5 +36,8 @@ __all__ = [
     "query_logits", "query_signals", "query_signals_by_latency",
     "attack_p", "attack_r", "rmia", "lira", "reference_ratio",
     "roc_metrics", "downsample_roc", "FPR_LEVELS",
+    "roc_intervals", "roc_bootstrap", "delong_auc_interval", "measurable", "resolution_note",
+    "mean_interval", "paired_difference", "verdict",
+    "eps_lower_bound", "p_value",
     "plot_roc", "plot_score_histograms",
 ]
