@@ -36,6 +36,34 @@ def cache_key(strategy, T: int | None, seed: int) -> str:
     return f"{parse_query(strategy).name}__T{T if T is not None else 'ann'}__seed{seed}"
 
 
+def entry_key(checkpoint_sha: str | None, datamodule, strategy, T: int | None, seed: int) -> dict:
+    """What a cache entry was computed for: the checkpoint's bytes, the plan, the query
+    strategy, the latency, the mask seed and the sizes."""
+    return {"checkpoint_sha256": checkpoint_sha, "plan": datamodule.plan.fingerprint, "strategy": strategy.name,
+            "T": T, "seed": seed, "audit_size": int(datamodule.membership.shape[1]),
+            "population_size": int(len(datamodule.population_indices))}
+
+
+def write_entry(paths: tuple, key: dict, tensors: dict) -> None:
+    data_path, meta_path = paths
+    tensors = stored(tensors)
+    atomic_write(data_path, lambda p: torch.save(tensors, p))
+    write_json(meta_path, {**key, "tensors_sha256": tensors_sha256(tensors)})  # last: marks a complete entry
+
+
+def store_signals(run_dir, index: int, datamodule, strategy, T: int | None, seed: int, tensors: dict) -> None:
+    """Put signals computed elsewhere (the training callback's last audit of its target, on the
+    whole audit set) into model `index`'s cache, keyed by its checkpoint as it is now."""
+    strategy = parse_query(strategy)
+    ckpt = checkpoint_path(run_dir, index)
+    if not ckpt.is_file():
+        return
+    directory = signals_dir(run_dir, index)
+    name = cache_key(strategy, T, seed)
+    write_entry((directory / f"{name}.pt", directory / f"{name}.json"),
+                entry_key(file_sha256(ckpt), datamodule, strategy, T, seed), tensors)
+
+
 def cached_signals(run_dir, index: int, datamodule, strategy, *, seed: int = 0, T: int | None = None,
                    device=None, progress: bool = False, stats: dict | None = None,
                    ranks: Ranks | None = None) -> dict[str, torch.Tensor] | None:
@@ -88,9 +116,7 @@ def cached_signals_by_latency(run_dir, index: int, datamodule, strategy, latenci
                 error = str(err)
         for T in Ts if error is None else []:
             data_path, meta_path = paths[T]
-            metas[T] = meta = {"checkpoint_sha256": sha, "plan": fingerprint, "strategy": strategy.name, "T": T,
-                               "seed": seed, "audit_size": int(datamodule.membership.shape[1]),
-                               "population_size": int(len(datamodule.population_indices))}
+            metas[T] = meta = entry_key(sha, datamodule, strategy, T, seed)
             if not (meta_path.is_file() and data_path.is_file()):
                 continue
             try:
@@ -121,11 +147,7 @@ def cached_signals_by_latency(run_dir, index: int, datamodule, strategy, latenci
                                            progress=progress, ranks=ranks) for T in missing}
         if ranks.is_zero:
             for T in missing:
-                data_path, meta_path = paths[T]
-                tensors = stored(computed[T])
-                atomic_write(data_path, lambda p, t=tensors: torch.save(t, p))
-                # written last: its presence marks a complete entry
-                write_json(meta_path, {**metas[T], "tensors_sha256": tensors_sha256(tensors)})
+                write_entry(paths[T], metas[T], computed[T])
             found.update(computed)
         if stats is not None:
             stats["misses"] = stats.get("misses", 0) + len(missing)

@@ -2,7 +2,11 @@
 attacks can run, scoring a setting, and writing the report. The training callback
 (callbacks/membership_attack.py, the live model each epoch) and `run.py audit`
 (audit/offline.py, finished checkpoints) both go through `Audit`, so they agree on the
-references, the attacks and the report's layout."""
+references, the attacks and the report's layout.
+
+`rotate` audits every model of a run in turn as the target, the other K as its references
+(the paired plan keeps every sample IN for some of them and OUT for others): K + 1 audits
+from one training, the way the LiRA and RMIA papers' code evaluates."""
 
 from __future__ import annotations
 
@@ -13,8 +17,9 @@ from lightning_modules import net_name
 from .cache import cached_signals_by_latency
 from .distributed import Ranks
 from .report import print_table, write_report
-from .scoring import accuracies, evaluate, reference_indices, runnable
+from .scoring import accuracies, evaluate, reference_indices, runnable, setting_name
 from .settings import AuditSettings
+from .stats import CONFIDENCE, EPS_ASSUMPTIONS, across_targets, attack_summaries
 from .signals import subset
 
 
@@ -30,13 +35,16 @@ class Audit:
     it (the references are rank 0's view of which models finished: every rank must query
     the same models)."""
 
-    def __init__(self, dm, target: int, settings: AuditSettings, ranks: Ranks | None = None):
+    def __init__(self, dm, target: int, settings: AuditSettings, ranks: Ranks | None = None,
+                 refs: list[int] | None = None):
         ranks = ranks or Ranks()
         self.dm, self.target, self.settings = dm, target, settings
         self.positions = dm.subset_positions(settings.audit_subset, settings.subset_seed)
         members = dm.membership[target]
         self.is_member = members if self.positions is None else members[self.positions]
-        self.refs: list[int] = ranks.broadcast(reference_indices(dm.run_dir, dm.num_references, target))
+        # The references: the models given, or every other model of the run that finished.
+        self.refs: list[int] = sorted(refs) if refs is not None else \
+            ranks.broadcast(reference_indices(dm.run_dir, dm.num_references, target))
         self.unfinished = [k for k in range(dm.num_references + 1) if k != target and k not in self.refs]
         ref_in = dm.membership[self.refs] if self.refs else None
         self.ref_in = ref_in if ref_in is None or self.positions is None else ref_in[:, self.positions]
@@ -70,22 +78,65 @@ class Audit:
     def accuracies(self, target: dict) -> dict[str, float]:
         return accuracies(target, self.is_member)
 
+    def summaries(self, metrics: dict, intervals: bool = True) -> tuple[dict, dict]:
+        """This target's numbers per attack setting (with 95% intervals and eps_lb) and the
+        eps_lb records (audit.stats)."""
+        return attack_summaries(metrics, self.is_member, self.settings, intervals=intervals,
+                                num_nonmembers=self.num_nonmembers)
+
     def write_report(self, out_dir, metrics: dict, *, facts: dict, epoch: int, acc: dict, history: list,
                      extra_target: dict | None = None, extra_settings: dict | None = None,
-                     latency: dict | None = None) -> dict:
+                     latency: dict | None = None, targets: dict | None = None) -> dict:
         """report.json, report.md and the plots in `out_dir`; prints the table. The one
-        place where a report is assembled."""
+        place where a report is assembled. `targets` ({model: {"attacks", accuracies}}), from
+        `rotate`, adds every target's numbers and the mean and interval across them."""
+        attacks, eps = self.summaries(metrics)
         target = {"epoch": epoch, **facts, **acc, **(extra_target or {})}
         settings = {"plan": self.dm.plan.fingerprint, "target_index": self.target, "references": self.refs,
                     "audit_samples": int(self.is_member.numel()),
                     "population_samples": int(len(self.dm.population_indices)),
                     **self.settings.describe(), **(extra_settings or {})}
+        extra = {"eps_lb": {"confidence": CONFIDENCE, "delta": self.settings.eps_delta,
+                            "assumptions": EPS_ASSUMPTIONS, "attacks": eps}} if eps else {}
+        if targets:
+            per_target = {m: t["attacks"] for m, t in targets.items()}
+            extra["targets"] = {str(m): t for m, t in targets.items()}
+            extra["across_targets"] = across_targets(per_target)
+        dp = target.get("dp")
+        if dp and dp.get("epsilon") is not None and eps:
+            above = {n: e["eps_lb"] for n, e in eps.items() if e["eps_lb"] > dp["epsilon"] + 1e-9}
+            if above:  # impossible for a correct DP implementation whose assumptions hold
+                extra["warnings"] = [f"eps_lb above the accountant's epsilon {dp['epsilon']:.4g} for "
+                                     + ", ".join(f"{n} ({v:.4g})" for n, v in above.items())
+                                     + ": a bug in the DP training, or a broken assumption (scope: "
+                                     + f"{dp.get('scope', 'all training')})"]
         out_dir = Path(out_dir)
-        report = write_report(out_dir, metrics, target=target, history=history, skipped=self.skipped,
-                              settings=settings, title=f"{facts.get('kind')} {facts.get('arch')}", latency=latency,
-                              num_nonmembers=self.num_nonmembers)
+        report = write_report(out_dir, metrics, attacks=attacks, target=target, history=history,
+                              skipped=self.skipped, settings=settings, title=f"{facts.get('kind')} {facts.get('arch')}",
+                              latency=latency, num_nonmembers=self.num_nonmembers, extra=extra)
         print_table(report, out_dir / "report.md")
         return report
+
+
+def rotate(dm, settings: AuditSettings, signals: dict[int, dict[str, dict]], models: list[int],
+           targets: list[int], latency: int | None = None) -> dict[int, dict]:
+    """Every model of `targets` audited as the target, the other `models` as its references,
+    from signals already computed ({model: {strategy name: signals on the audited samples}}):
+    {model: {"attacks": {setting: numbers with intervals and eps_lb}, "train_acc", "test_acc",
+    "acc_gap", "references"}}. Rotation adds only attack math: no model is queried again."""
+    out = {}
+    for m in targets:
+        audit = Audit(dm, m, settings, refs=[k for k in models if k != m])
+        metrics, acc = {}, None
+        for s in settings.strategies:
+            target = signals[m][s.name]
+            refs = [signals[k][s.name] for k in audit.refs]
+            if acc is None:
+                acc = audit.accuracies(target)
+            metrics.update({setting_name(n, s.name, latency): v for n, v in audit.score(target, refs).items()})
+        attacks, _ = audit.summaries(metrics)
+        out[m] = {**acc, "references": audit.refs, "attacks": attacks}
+    return out
 
 
 def target_signals_cached(audit: Audit, strategy, latencies, *, device=None, progress: bool = False,

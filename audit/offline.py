@@ -23,24 +23,30 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from core.rundir import audit_dir, checkpoint_path, read_checkpoint, read_done
+from core.rundir import audit_dir, checkpoint_path, finished_models, read_checkpoint, read_done
 
 from .distributed import Ranks
-from .engine import Audit, model_facts, target_signals_cached
+from .engine import Audit, model_facts, rotate, target_signals_cached
 from .report import LATENCY_METRICS
 from .scoring import below_resolution, distinct_fraction, setting_name
-from .settings import AuditSettings, check_latencies, check_report_dir
+from .settings import AuditSettings, check_latencies, check_report_dir, check_targets
 
 
-def check_audit(run_dir, target_index: int, settings: AuditSettings, latencies=None, report_dir=None) -> dict:
+def check_audit(run_dir, target_index: int, settings: AuditSettings, latencies=None, report_dir=None,
+                targets=None, num_references: int | None = None) -> dict:
     """Every audit setting, checked against the finished target before any model is loaded
-    or queried (ConfigError naming the key): {"done", "trained_T", "latencies", "report_dir"}."""
+    or queried (ConfigError naming the key): {"done", "trained_T", "latencies", "report_dir",
+    "targets"} (targets[0] is the report's main target)."""
     settings.check()
+    if targets is not None:
+        K = num_references if num_references is not None else target_index
+        targets = check_targets(targets, K, finished_models(run_dir, range(K + 1)), target_index)
+        target_index = targets[0]
     done = read_done(run_dir, target_index)
     trained_T = model_facts(done)["T"]
     return {"done": done, "trained_T": trained_T,
             "latencies": check_latencies(latencies, trained_T, target_index, done.get("step_readout", True)),
-            "report_dir": check_report_dir(report_dir, run_dir, target_index)}
+            "report_dir": check_report_dir(report_dir, run_dir, target_index), "targets": targets or [target_index]}
 
 
 def training_history(run_dir, index: int) -> list:
@@ -52,14 +58,15 @@ def training_history(run_dir, index: int) -> list:
     return list(ckpt.get("callbacks", {}).get("MembershipAttack", {}).get("history", []))
 
 
-def run_audit(dm, settings: AuditSettings, *, latencies=None, report_dir=None, device=None, progress: bool = True,
-              ranks: Ranks | None = None) -> dict | None:
-    """The audit of model dm.index; returns the report. Under DDP (`ranks` sharded) every rank
-    calls it with the same settings; rank 0 writes and returns the report, the others None."""
+def run_audit(dm, settings: AuditSettings, *, latencies=None, report_dir=None, targets=None, device=None,
+              progress: bool = True, ranks: Ranks | None = None) -> dict | None:
+    """The audit of model dm.index, or of each model of `targets` in turn ("all" or a list; the
+    first is the report's main target); returns the report. Under DDP (`ranks` sharded) every
+    rank calls it with the same settings; rank 0 writes and returns the report, the others None."""
     ranks = ranks or Ranks()
-    run_dir, target_index = dm.run_dir, dm.index
-    checked = check_audit(run_dir, target_index, settings, latencies, report_dir)
-    done, trained_T = checked["done"], checked["trained_T"]
+    run_dir = dm.run_dir
+    checked = check_audit(run_dir, dm.index, settings, latencies, report_dir, targets, dm.num_references)
+    done, trained_T, target_index = checked["done"], checked["trained_T"], checked["targets"][0]
     audit = Audit(dm, target_index, settings, ranks)
     if audit.skipped and ranks.is_zero:
         print(f"audit skips {audit.skip_message()}", file=sys.stderr)
@@ -99,12 +106,25 @@ def run_audit(dm, settings: AuditSettings, *, latencies=None, report_dir=None, d
             latency_series[name] = {"t": [t for t, _ in points],
                                     **{k: [float(m[k]) for _, m in points] for k in LATENCY_METRICS
                                        if k not in below_resolution(audit.num_nonmembers)}}
+    rotated = None
+    if len(checked["targets"]) > 1:  # every listed model in turn as the target, from the signals above
+        models, rotated = [target_index, *audit.refs], {}
+        for latency in lats:
+            by_model = {target_index: {name: sig[0][latency] for name, sig in signals.items()}}
+            for i, k in enumerate(audit.refs):
+                by_model[k] = {name: sig[1][latency][i] for name, sig in signals.items()}
+            shown = None if latency in (None, trained_T) else latency
+            for m, result in rotate(dm, settings, by_model, models, checked["targets"], shown).items():
+                if m not in rotated:
+                    rotated[m] = result
+                else:
+                    rotated[m]["attacks"].update(result["attacks"])
     out = checked["report_dir"] or audit_dir(run_dir)
     return audit.write_report(out, metrics, facts=model_facts(done), epoch=done.get("epochs", 0) - 1, acc=acc,
                               history=training_history(run_dir, target_index),
                               extra_target={"distinct_confidences": distinct, "dp": done.get("dp")},
                               extra_settings={"latencies": list(checked["latencies"] or []), "signal_cache": stats},
-                              latency=latency_series or None)
+                              latency=latency_series or None, targets=rotated)
 
 
 class AuditRun(L.LightningModule):

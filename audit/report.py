@@ -59,10 +59,28 @@ def markdown(report: dict) -> str:
     if t.get("distinct_confidences"):
         lines += ["Distinct target confidences / N (low = many ties): "
                   + ", ".join(f"{k} {v:.3f}" for k, v in t["distinct_confidences"].items()) + ".", ""]
+    for warning in report.get("warnings", []):
+        lines += [f"**Warning: {warning}.**", ""]
     na = report.get("below_resolution", {})
-    lines += ["| attack | " + " | ".join(h for _, h in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    columns = [*COLUMNS, *((("eps_lb", "eps_lb"),) if any("eps_lb" in m for m in report["attacks"].values()) else ())]
+    if any(k.endswith("_ci") for m in report["attacks"].values() for k in m):
+        lines += [f"Model {report.get('settings', {}).get('target_index', 0)} as the target; 95% intervals in "
+                  "brackets (AUC: DeLong; TPR: stratified bootstrap).", ""]
+    lines += ["| attack | " + " | ".join(h for _, h in columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, m in report["attacks"].items():
-        lines.append(f"| {name} | " + " | ".join(cell(m, k, na) for k, _ in COLUMNS) + " |")
+        lines.append(f"| {name} | " + " | ".join(cell(m, k, na) for k, _ in columns) + " |")
+    across = report.get("across_targets")
+    if across:
+        n = max((v["n"] for row in across.values() for v in row.values()), default=0)
+        keys = [k for k in ("auc", "tpr@1%fpr", "tpr@0.1%fpr", "eps_lb") if any(k in row for row in across.values())]
+        lines += ["", f"## Across the {n} targets", "",
+                  f"Every model of the run audited as the target, the others as its references: mean and 95% "
+                  f"interval (Student t over the {n} targets).", "",
+                  "| attack | " + " | ".join(dict(COLUMNS).get(k, k) for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
+        for name, row in across.items():
+            lines.append(f"| {name} | " + " | ".join(mean_cell(row.get(k)) for k in keys) + " |")
+    if report.get("eps_lb"):
+        lines += ["", f"eps_lb: {report['eps_lb']['assumptions']}"]
     if report.get("skipped"):
         lines += ["", "Skipped: " + "; ".join(f"{k} ({v})" for k, v in report["skipped"].items()) + "."]
     settings = report.get("settings", {})
@@ -79,10 +97,20 @@ def markdown(report: dict) -> str:
 
 
 def cell(m: dict, key: str, na: dict[str, str]) -> str:
-    """A metric for the Markdown table: its value, or why it cannot be measured."""
+    """A metric for the Markdown table: its value and 95% interval, or why it cannot be measured."""
     if key in na:
         return f"n/a ({na[key]})"
-    return f"{m[key]:.4f}" if m.get(key) is not None else ""
+    if m.get(key) is None:
+        return ""
+    ci = m.get(f"{key}_ci")
+    digits = 2 if key == "eps_lb" else 3 if ci else 4
+    return f"{m[key]:.{digits}f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def mean_cell(v: dict | None) -> str:
+    if not v:
+        return ""
+    return f"{v['mean']:.3f}" + (f" [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]" if v.get("ci") else "")
 
 
 _PRINT_TABLES = [True]
@@ -103,10 +131,10 @@ def print_table(report: dict, where: Path) -> None:
         print("\n" + table(report) + f"\nreport: {where}", file=sys.stderr)
 
 
-def write_report(audit_dir: str | Path, metrics: dict[str, dict], *, target: dict | None = None,
-                 history: list | None = None, skipped: dict | None = None, settings: dict | None = None,
-                 title: str | None = None, latency: dict[str, dict] | None = None,
-                 num_nonmembers: int | None = None) -> dict:
+def write_report(audit_dir: str | Path, metrics: dict[str, dict], *, attacks: dict | None = None,
+                 target: dict | None = None, history: list | None = None, skipped: dict | None = None,
+                 settings: dict | None = None, title: str | None = None, latency: dict[str, dict] | None = None,
+                 num_nonmembers: int | None = None, extra: dict | None = None) -> dict:
     """Write report.json, report.md and roc.png; returns the report dict. With `latency`
     ({setting: {"t": [...], "auc": [...], "tpr@0.1%fpr": [...]}}) also latency.png and the
     report's `latency` key; without it a latency.png of an earlier audit is removed, so
@@ -114,7 +142,8 @@ def write_report(audit_dir: str | Path, metrics: dict[str, dict], *, target: dic
     audit_dir = Path(audit_dir)
     na = below_resolution(num_nonmembers)
     report = {
-        "attacks": {name: summary(m, num_nonmembers=num_nonmembers) for name, m in metrics.items()},
+        "attacks": attacks if attacks is not None else {name: summary(m, num_nonmembers=num_nonmembers)
+                                                        for name, m in metrics.items()},
         # metrics this audit cannot measure (null above): TPR at an FPR below 1 / N_out
         "below_resolution": na,
         "target": target or {},
@@ -125,6 +154,7 @@ def write_report(audit_dir: str | Path, metrics: dict[str, dict], *, target: dic
     }
     if latency:
         report["latency"] = latency
+    report.update(extra or {})
     atomic_write(audit_dir / "report.json", lambda p: p.write_text(json.dumps(report, indent=1) + "\n"))
     atomic_write(audit_dir / "report.md", lambda p: p.write_text(markdown(report)))
     if metrics:
@@ -146,10 +176,12 @@ def plot_latency(series: dict[str, dict], path: Path, title: str | None = None) 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    low = "tpr@0.1%fpr" if all("tpr@0.1%fpr" in v for v in series.values()) else "tpr@1%fpr"
-    fig = Figure(figsize=(11.0, 5.6), layout="constrained")
+    # fewer than 100 non-members measure no TPR at 1% FPR either: then AUC alone
+    low = next((k for k in ("tpr@0.1%fpr", "tpr@1%fpr") if all(k in v for v in series.values())), None)
+    keys = ("auc", low) if low else ("auc",)
+    fig = Figure(figsize=(11.0 if low else 6.5, 5.6), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 2, squeeze=False)[0]
+    axes = fig.subplots(1, len(keys), squeeze=False)[0]
     ts = sorted({t for v in series.values() for t in v["t"]})
     attacks = list(dict.fromkeys(name.split("@")[0] for name in series))
     queries = list(dict.fromkeys(name.partition("@")[2] for name in series))
@@ -157,8 +189,8 @@ def plot_latency(series: dict[str, dict], path: Path, title: str | None = None) 
     markers = ["o", "s", "^", "D", "v", "x"]
     drawn: dict[tuple, list[str]] = {}  # identical series (rmia_online and reference_ratio) drawn once
     for name, v in series.items():
-        drawn.setdefault((tuple(v["t"]), tuple(v["auc"]), tuple(v[low])), []).append(name)
-    for ax, key in zip(axes, ("auc", low)):
+        drawn.setdefault((tuple(v["t"]), *(tuple(v[k]) for k in keys)), []).append(name)
+    for ax, key in zip(axes, keys):
         for names in drawn.values():
             name, v = names[0], series[names[0]]
             a, q = attacks.index(name.split("@")[0]), queries.index(name.partition("@")[2])
@@ -195,17 +227,32 @@ def _plot(metrics, tmp_path: Path, title, label_metric: str) -> None:
 
 
 def table(report: dict) -> str:
-    """The report's attack table for the terminal: as wide as the longest attack name needs
-    (at most 120 characters for names up to 54), "n/a" where a metric cannot be measured."""
+    """The report's attack table for the terminal: AUC with its 95% interval, TPR at 1% and
+    0.1% FPR ("n/a" where the audit cannot measure it), TPR at 0% FPR and eps_lb; then the
+    mean AUC across targets when every model took its turn."""
     na = report.get("below_resolution", {})
     width = max([len("attack"), *map(len, report["attacks"])]) + 2
-    head = f"{'attack':<{width}}" + "".join(f"{h:>13}" for _, h in COLUMNS)
+    has_eps = any("eps_lb" in m for m in report["attacks"].values())
+    head = f"{'attack':<{width}}{'AUC [95% CI]':>22}" + "".join(f"{h:>13}" for _, h in COLUMNS[1:]) \
+        + (f"{'eps_lb':>8}" if has_eps else "")
     rows = [head, "-" * len(head)]
     for name, m in report["attacks"].items():
-        rows.append(f"{name:<{width}}" + "".join(f"{'n/a':>13}" if k in na else f"{m.get(k, float('nan')):>13.4f}"
-                                                  for k, _ in COLUMNS))
+        ci = m.get("auc_ci")
+        auc = f"{m['auc']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{m.get('auc', float('nan')):.4f}"
+        rest = "".join(f"{'n/a':>13}" if k in na or m.get(k) is None else f"{m[k]:>13.4f}" for k, _ in COLUMNS[1:])
+        rows.append(f"{name:<{width}}{auc:>22}{rest}" + (f"{m['eps_lb']:>8.2f}" if has_eps and "eps_lb" in m else ""))
     if na:
         rows.append("n/a: " + "; ".join(f"{k} ({why})" for k, why in na.items()) + ": too few non-members to measure")
+    across = report.get("across_targets")
+    if across:
+        n = max(row["auc"]["n"] for row in across.values() if "auc" in row)
+        rows.append(f"every model as the target: mean AUC over {n} targets [95% CI]")
+        for name, row in across.items():
+            if "auc" in row:
+                ci = row["auc"].get("ci")
+                rows.append(f"  {name:<{width}}{row['auc']['mean']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
+    for warning in report.get("warnings", []):
+        rows.append(f"WARNING: {warning}")
     t = report.get("target", {})
     if "train_acc" in t:
         rows.append(f"target accuracy: train {t['train_acc']:.4f}  test {t['test_acc']:.4f}  gap {t['acc_gap']:+.4f}")

@@ -4,11 +4,9 @@ which models serve as references."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from attacks import FPR_LEVELS, attack_p, attack_r, lira, reference_ratio, rmia, roc_metrics
+from attacks import FPR_LEVELS, attack_p, attack_r, lira, reference_ratio, resolution_note, rmia, roc_metrics
 from core.rundir import finished_models
 
 ATTACKS = ("attack_p", "attack_r", "rmia_offline", "rmia_online", "lira_online", "lira_offline", "reference_ratio")
@@ -31,15 +29,22 @@ def reference_indices(run_dir, num_references: int, target: int) -> list[int]:
 
 def runnable(names, ref_in: torch.Tensor | None, refs=()) -> tuple[list[str], dict[str, str]]:
     """The attacks that can run with these references (`ref_in` [K, N], None when none
-    finished), and why the others cannot: all but Attack-P need a reference, the online
-    attacks an IN and an OUT reference for every audit sample."""
-    covered = ref_in is not None and bool(ref_in.any(0).all() and (~ref_in).any(0).all())
+    finished), and why the others cannot: all but Attack-P need a reference; Attack-R and the
+    offline attacks an OUT reference for every audit sample (a reference pair that is
+    complementary always gives one; two unpaired references, e.g. models 0 and 2 as the
+    references of model 1 with K = 2, leave about a quarter of the samples without); the
+    online attacks an IN and an OUT reference for every sample."""
+    has_out = ref_in is not None and bool((~ref_in).any(0).all())
+    covered = has_out and bool(ref_in.any(0).all())
     ok, skipped = [], {}
     for n in names:
         if n != "attack_p" and ref_in is None:
             skipped[n] = "needs reference models and none has finished training"
         elif n in ("rmia_online", "lira_online") and not covered:
-            skipped[n] = f"needs an IN and an OUT reference for every sample; finished references: {list(refs)}"
+            skipped[n] = f"needs an IN and an OUT reference for every sample; references: {list(refs)}"
+        elif n in ("attack_r", "rmia_offline", "lira_offline") and not has_out:
+            missing = int((~(~ref_in).any(0)).sum())
+            skipped[n] = f"needs an OUT reference for every sample; {missing} samples have none among references {list(refs)}"
         else:
             ok.append(n)
     return ok, skipped
@@ -93,7 +98,7 @@ def accuracies(target: dict, is_member: torch.Tensor) -> dict[str, float]:
 def evaluate(names, target: dict, references: list[dict], ref_in, is_member: torch.Tensor, **kwargs) -> dict[str, dict]:
     """roc_metrics (with the curve) per attack."""
     scores = score_attacks(names, target, references, ref_in, **kwargs)
-    return {name: roc_metrics(s, is_member) for name, s in scores.items()}
+    return {name: {**roc_metrics(s, is_member), "scores": s} for name, s in scores.items()}
 
 
 def below_resolution(num_nonmembers: int | None) -> dict[str, str]:
@@ -102,11 +107,8 @@ def below_resolution(num_nonmembers: int | None) -> dict[str, str]:
     under another name. {metric: "N_out = 808 < 1,000"}."""
     if not num_nonmembers:
         return {}
-    out = {}
-    for key, level in FPR_LEVELS.items():
-        if level > 0 and level * num_nonmembers < 1:
-            out[key] = f"N_out = {num_nonmembers:,} < {math.ceil(1 / level - 1e-9):,}"
-    return out
+    notes = {key: resolution_note(level, num_nonmembers) for key, level in FPR_LEVELS.items()}
+    return {key: note.removeprefix("n/a (").removesuffix(")") for key, note in notes.items() if note}
 
 
 def summary(metrics: dict, keys=SUMMARY, num_nonmembers: int | None = None) -> dict[str, float | None]:

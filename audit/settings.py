@@ -29,6 +29,8 @@ class AuditSettings:
         rmia_gamma: gamma of RMIA, > 0.
         rmia_per_query: RMIA scores each query and averages the scores (else it averages the signals).
         lira_fix_variance: one global sigma for LiRA (null: on when there are fewer than 128 references).
+        bootstrap: replicates of the stratified bootstrap behind each TPR interval (0: no intervals).
+        eps_delta: the delta of the empirical epsilon lower bound (eps_lb), in [0, 1).
     """
 
     queries: list[str] = field(default_factory=lambda: ["plain"])
@@ -40,6 +42,8 @@ class AuditSettings:
     rmia_gamma: float = 1.0
     rmia_per_query: bool = False
     lira_fix_variance: bool | None = None
+    bootstrap: int = 1000
+    eps_delta: float = 0.0
 
     def check(self, where: str = "") -> "AuditSettings":
         """Validate every value (ConfigError naming `where` + the key); returns self."""
@@ -62,6 +66,11 @@ class AuditSettings:
         check_int(f"{where}subset_seed", self.subset_seed, 0)
         check_number(f"{where}rmia_offline_a", self.rmia_offline_a, 0.0, 1.0)
         check_number(f"{where}rmia_gamma", self.rmia_gamma, 0.0, low_open=True)
+        if not (self.bootstrap == 0 or (isinstance(self.bootstrap, int) and not isinstance(self.bootstrap, bool)
+                                        and self.bootstrap >= 100)):
+            raise ConfigError(f"{where}bootstrap={self.bootstrap!r} is not allowed; expected 0 (no intervals) or an "
+                              "integer >= 100 (1000 by default)")
+        check_number(f"{where}eps_delta", self.eps_delta, 0.0, 1.0, high_open=True)
         for key in ("rmia_per_query",) + (("lira_fix_variance",) if self.lira_fix_variance is not None else ()):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"{where}{key}={getattr(self, key)!r} is not allowed; expected true or false")
@@ -80,7 +89,8 @@ class AuditSettings:
     def describe(self) -> dict:
         """The settings as the report records them."""
         return {"queries": [s.name for s in self.strategies], "query_seed": self.query_seed,
-                "audit_subset": self.audit_subset, **self.score_kwargs}
+                "audit_subset": self.audit_subset, **self.score_kwargs, "bootstrap": self.bootstrap,
+                "eps_delta": self.eps_delta}
 
 
 def check_latencies(latencies, trained_T: int | None, index: int, step_readout: bool | None = True) -> list[int] | None:
@@ -118,3 +128,23 @@ def check_report_dir(report_dir, run_dir, index: int) -> Path | None:
                           f"(the run directory or a model_<k>/ folder); expected a folder of its own, "
                           f"e.g. {Path(run_dir) / 'audit_latency'}")
     return rd
+
+
+def check_targets(targets, num_references: int, finished: list[int], default: int) -> list[int]:
+    """`run.py audit --targets`: null (model `default` only), "all" (every finished model), or a
+    list of model indices, each finished; the first one is the report's main target."""
+    if targets is None:
+        return [default]
+    if targets == "all":
+        if not finished:
+            raise ConfigError("targets='all': no model of this run has finished training")
+        return sorted(finished)
+    if not isinstance(targets, (list, tuple)) or not targets or any(
+            isinstance(t, bool) or not isinstance(t, int) or not 0 <= t <= num_references for t in targets):
+        raise ConfigError(f"targets={targets!r} is not allowed; expected null, 'all', or a list of model indices in "
+                          f"[0, {num_references}] (0 = the target, 1..K = references)")
+    unfinished = [t for t in targets if t not in finished]
+    if unfinished:
+        raise ConfigError(f"targets={list(targets)!r}: model(s) {unfinished} have not finished training; "
+                          f"finished: {sorted(finished)}")
+    return list(dict.fromkeys(targets))

@@ -25,9 +25,12 @@ from __future__ import annotations
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 
+from attacks import eps_lower_bound
 from audit import LOGGED, Audit, AuditSettings, model_facts
+from audit.cache import store_signals
+from audit.engine import rotate
 from audit.distributed import Ranks
-from audit.scoring import setting_name, summary
+from audit.scoring import setting_name
 from audit.signals import compute_signals
 from core.errors import ConfigError, check_int
 from core.faults import kill_point
@@ -35,12 +38,16 @@ from core.rundir import audit_dir
 
 
 class MembershipAttack(L.Callback):
-    def __init__(self, every_n_epochs: int = 1, progress: bool = True, report: bool = True, **settings):
+    def __init__(self, every_n_epochs: int = 1, progress: bool = True, report: bool = True, rotate: bool = True,
+                 **settings):
         """
         Args:
             every_n_epochs: audit every n-th epoch (the last epoch is always audited).
             progress: progress bars for the query passes.
             report: write run_dir/audit/ at the end of fit.
+            rotate: at the end of fit, audit every model of the run in turn as the target (the
+                others as its references) and report the mean and 95% interval across them; only
+                when the references share the target's settings (no --references override).
             settings: the audit settings (audit.AuditSettings): queries, attacks, query_seed,
                 audit_subset, subset_seed, rmia_offline_a, rmia_gamma, rmia_per_query,
                 lira_fix_variance.
@@ -53,6 +60,9 @@ class MembershipAttack(L.Callback):
         self.every_n_epochs = every_n_epochs
         self.progress = progress
         self.report = report
+        self.rotate = rotate
+        self.same_references = True  # fit sets it: False with --references overrides (no rotation)
+        self.last_target_signals: dict[str, dict] = {}
         self.history: list[dict] = []
         self.last_metrics: dict | None = None
         self.cache_stats: dict[str, int] = {}
@@ -140,7 +150,7 @@ class MembershipAttack(L.Callback):
         self._audited_this_fit = True
         logged = {f"audit/{k}": entry[k] for k in ("train_acc", "test_acc", "acc_gap")}
         for name, m in entry["attacks"].items():  # a metric below resolution (None) is not logged as a number
-            logged.update({f"attack/{name}/{k}": float(m[k]) for k in LOGGED if m.get(k) is not None})
+            logged.update({f"attack/{name}/{k}": float(m[k]) for k in (*LOGGED, "eps_lb") if m.get(k) is not None})
         # Every rank logs rank 0's values (loggers write from rank 0 only); the sync is a max over
         # equal values, exact, and keeps Lightning from asking for sync_dist on every key.
         pl_module.log_dict(logged, on_epoch=True, sync_dist=ranks.sharded, reduce_fx="max")
@@ -158,12 +168,17 @@ class MembershipAttack(L.Callback):
             kill_point(f"audit:model_{dm.index}:epoch_{model.current_epoch}")  # kill tests only
             if acc is None:
                 acc = self.audit.accuracies(target)
+            self.last_target_signals[s.name] = target
             result = self.audit.score(target, self.ref_signals[s.name])
             metrics.update({setting_name(n, s.name): m for n, m in result.items()})
         if not ranks.is_zero:
             return None, None
-        n_out = self.audit.num_nonmembers
-        return {**acc, "attacks": {n: summary(m, num_nonmembers=n_out) for n, m in metrics.items()}}, metrics
+        # Per epoch, the point estimates and eps_lb (intervals only in the final report).
+        attacks, _ = self.audit.summaries(metrics, intervals=False)
+        for name, m in metrics.items():
+            attacks[name]["eps_lb"] = float(eps_lower_bound(m["scores"], self.audit.is_member,
+                                                            delta=self.settings.eps_delta)["eps_lb"])
+        return {**acc, "attacks": attacks}, metrics
 
     # -- end of fit -----------------------------------------------------------------------
     def on_fit_end(self, trainer, pl_module) -> None:
@@ -179,12 +194,32 @@ class MembershipAttack(L.Callback):
             _, self.last_metrics = self.audit_epoch(trainer.datamodule, pl_module, ranks)
         if not trainer.is_global_zero:
             return
-        last = self.history[-1]
+        dm, last = trainer.datamodule, self.history[-1]
+        self._cache_target_signals(dm, pl_module)
+        targets = None
+        if self.rotate and self.same_references and self.audit.refs:
+            # Every model in turn as the target: from signals already in memory, no query.
+            models = [0, *self.audit.refs]
+            signals = {0: self.last_target_signals}
+            for i, k in enumerate(self.audit.refs):
+                signals[k] = {name: refs[i] for name, refs in self.ref_signals.items()}
+            targets = rotate(dm, self.settings, signals, models, models)
         report = self.audit.write_report(
-            audit_dir(trainer.datamodule.run_dir), self.last_metrics, facts=model_facts(pl_module.hparams),
+            audit_dir(dm.run_dir), self.last_metrics, facts=model_facts(pl_module.hparams),
             epoch=last["epoch"], acc={k: last[k] for k in ("train_acc", "test_acc", "acc_gap")},
-            history=self.history, extra_target={"dp": getattr(pl_module, "dp_facts", lambda: None)()})
+            history=self.history, extra_target={"dp": getattr(pl_module, "dp_facts", lambda: None)()},
+            targets=targets)
         log_roc_to_wandb(trainer, report)
+
+    def _cache_target_signals(self, dm, pl_module) -> None:
+        """The target's final signals go to the signal cache like any model's, so that a later
+        `run.py audit` with the same query settings does not query it again (not with an
+        audit_subset: the cache holds the whole audit set)."""
+        if self.audit.positions is not None:
+            return
+        for s in self.settings.strategies:
+            store_signals(dm.run_dir, 0, dm, s, getattr(pl_module, "T", None), self.settings.query_seed,
+                          self.last_target_signals[s.name])
 
     # -- resume ---------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -81,7 +81,7 @@ def test_rerun_skips_finished_models_and_audit_reuses_the_cache(small_run, capsy
     args = ["audit", "--run_dir", str(rd), "--data.num_references", "2", "--model.width", "0.5", *QUIET]
     assert run.main(args) == 0  # the references' signals were cached by the callback during fit
     first = json.loads((rd / "audit" / "report.json").read_text())["settings"]["signal_cache"]
-    assert first == {"hits": 2, "misses": 1}  # the target (model 0) is new to the cache
+    assert first == {"hits": 3}  # the references, and the target: fit cached its final signals too
     assert run.main(args) == 0
     again = json.loads((rd / "audit" / "report.json").read_text())["settings"]["signal_cache"]
     assert again == {"hits": 3}
@@ -238,9 +238,13 @@ def test_which_attacks_run_with_which_references():
 
     ok, skipped = runnable(list(ATTACKS), None)
     assert ok == ["attack_p"] and len(skipped) == 6
-    one = torch.tensor([[True, False, True]])  # one finished reference: nobody has both IN and OUT
-    ok, skipped = runnable(list(ATTACKS), one, [1])
-    assert "rmia_online" in skipped and "lira_online" in skipped and "rmia_offline" in ok and "lira_offline" in ok
+    one = torch.tensor([[True, False, True]])  # one finished reference: nobody has both IN and OUT,
+    ok, skipped = runnable(list(ATTACKS), one, [1])  # and two samples have no OUT reference at all
+    assert ok == ["attack_p", "reference_ratio"]
+    assert "2 samples have none" in skipped["rmia_offline"] and "IN and an OUT" in skipped["lira_online"]
+    out_only = torch.tensor([[False, False, False]])  # every sample OUT: the offline attacks can run
+    ok, skipped = runnable(list(ATTACKS), out_only, [1])
+    assert {"attack_r", "rmia_offline", "lira_offline"} <= set(ok) and set(skipped) == {"rmia_online", "lira_online"}
     pair = torch.stack([one[0], ~one[0]])
     ok, skipped = runnable(list(ATTACKS), pair, [1, 2])
     assert ok == list(ATTACKS) and not skipped

@@ -155,6 +155,10 @@ def test_audit_latencies_end_to_end_one_pass_plot_report_and_cache(tmp_path, mon
         return inner(self, x)
 
     monkeypatch.setattr(Classifier, "forward_steps", counting)
+    # fit cached the target's final signals too; without them it misses both latencies, which
+    # is the one-pass case this test is about
+    for p in (rd / "model_0" / "signals").glob("*"):
+        p.unlink()
     args = ["audit", "--run_dir", str(rd), *small, "--attacks", "[attack_p, rmia_offline]", "--latencies", "[1, 2]", *QUIET]
     assert run.main(args) == 0
     # fit cached the references at their trained T = 2; they miss T = 1 only (one run at T = 1);

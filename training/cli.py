@@ -39,11 +39,16 @@ LINKED = ("num_classes", "input_shape", "normalization")
 
 class AuditTrainer(L.Trainer):
     def audit(self, model: L.LightningModule, datamodule: L.LightningDataModule | None = None,
-              latencies: list[int] | None = None, report_dir: str | None = None, **settings) -> None:
+              latencies: list[int] | None = None, report_dir: str | None = None,
+              targets: list[int] | str | None = None, **settings) -> None:
         """Attack finished checkpoints without training: one report row per attack x query x latency.
 
         Args:
             latencies: SNN inference latencies T' to audit (null: the trained T).
+            targets: models audited in turn as the target, the others as their references: all
+                (every finished model), a list such as [0, 1, 2], or null (data.model_index, 0 by
+                default); the report gives each target's numbers and the mean and 95% interval
+                across them.
             report_dir: where report.{md,json} and the plots go (null: run_dir/audit, which the
                 training callback also writes); the signal cache stays in run_dir.
             settings: the audit settings (audit.AuditSettings).
@@ -170,13 +175,14 @@ class AuditCLI(LightningCLI):
             check_trainer(dp, self.trainer)
         fit_run(self.trainer, model, datamodule, self._cfg, ckpt_path)
 
-    def audit(self, model, datamodule, latencies=None, report_dir=None, **settings):
+    def audit(self, model, datamodule, latencies=None, report_dir=None, targets=None, **settings):
         settings = AuditSettings(**settings)
         # Every value is checked before any model is loaded or queried.
-        check_audit(self._cfg.run_dir, datamodule.index, settings, latencies, report_dir)
+        check_audit(self._cfg.run_dir, datamodule.index, settings, latencies, report_dir, targets,
+                    datamodule.num_references)
         if self.trainer.global_rank == 0:
             datamodule.prepare_data()  # the plan: written (or checked) once, read by every rank
-        kwargs = dict(latencies=latencies, report_dir=report_dir)
+        kwargs = dict(latencies=latencies, report_dir=report_dir, targets=targets)
         if self.trainer.world_size == 1:
             datamodule.setup("audit")
             run_audit(datamodule, settings, device=self.trainer.strategy.root_device, **kwargs)

@@ -147,6 +147,9 @@ def fit_run(trainer, model, datamodule, cfg, ckpt_path=None) -> None:
     # (under `ddp` the other ranks start later, at the first trainer.fit; under SLURM or
     # torchrun they start now and read it in setup(), after Lightning's prepare_data
     # barrier: prepare_data_per_node=False keeps every other node from writing it too).
+    for cb in trainer.callbacks:
+        if hasattr(cb, "same_references"):  # every model may take its turn as the target only if they are alike
+            cb.same_references = not cfg.references
     if trainer.global_rank == 0:
         for cb in trainer.callbacks:  # settings that depend on the plan, before anything is written
             if hasattr(cb, "check_data"):
