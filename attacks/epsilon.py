@@ -48,7 +48,13 @@ def eps_lower_bound(scores, is_member, *, k_plus: int | None = None, k_minus: in
     rejected), found by bracketing and Brent's method and then nudged down until
     p(eps_lb) <= alpha holds, so it never overstates.
 
-    Choice of k. With ``k_plus`` and/or ``k_minus`` given (None counts as 0),
+    p(eps) grows with eps (for delta = 0 the binomial tail grows with q; for
+    delta > 0 it did on a grid of 1,201 eps in [0, 12] for 18 (r, v, delta, m)
+    cases), so the eps below eps_lb are rejected too.
+
+    Choice of k. The paper's auditor (its Algorithm 1) takes k+ and k- as
+    parameters fixed before the run; choosing them after seeing the scores
+    needs a correction. With ``k_plus`` and/or ``k_minus`` given (None counts as 0),
     one test at alpha = 1 - confidence. With both None (default), every pair
     (k, 0) and (k, k) for k in 10, 20, 50, 100, 200, ... <= N/2 is tried and the
     largest bound is reported, each tested at alpha / G for the G pairs
@@ -69,8 +75,24 @@ def eps_lower_bound(scores, is_member, *, k_plus: int | None = None, k_minus: in
       C(N, c) / 2^N, so any event has probability at most (its probability
       under the independent design) / P_c. The p-value is therefore multiplied
       by 1 / P_c (about sqrt(pi N / 2): 50 at N = 1,617, 307 at N = 60,000), which
-      makes the bound valid for the plan, at the price of a somewhat smaller
-      eps_lb. See the README's "epsilon lower bound" note for how much.
+      makes the bound valid for the plan, at the price of a smaller eps_lb
+      (200 of 200 guesses right at N = 1,617: 3.03 instead of 3.58; 3,984 of
+      4,000 at N = 60,000: 4.57 instead of 4.87).
+
+    How far off is the paper's p-value on the plan? ``benchmarks/eps_design.py``
+    audits eps-DP randomized response (eps = 1, N = 1,000, 20,000 plans): with
+    one-sided guesses (k- = 0) the plan made the test more conservative (3.5%
+    of bounds above eps, against the test's 4.8% size under independence);
+    with k+ = k- it rejected slightly more often than its size (5.16% against
+    4.80% for 100 + 100, 5.01% against 4.87% for 300 + 300). Correct guesses
+    then vary a little more than binomially (at eps = 0 exactly by N / (N - 1)),
+    because a member among the top guesses is one fewer among the bottom ones.
+    So ``"independent"`` is close but not guaranteed on the plan, and
+    ``"half"`` is guaranteed but conservative (0.02% to 0.13% there).
+
+    delta > 0: the delta term grows with 2 N delta (and, with ``"half"``, with
+    1 / P_c too), so it only informs when delta is far below 1 / N: at N = 1,617
+    with delta = 1e-5 the bound above fell from 3.03 to 0.36.
 
     Returns a dict: ``eps_lb``, ``k_plus``, ``k_minus``, ``guesses`` (r),
     ``correct`` (v), ``confidence``, ``delta``, ``design``, ``num_samples`` (N),
