@@ -1,7 +1,7 @@
 """Membership-inference scoring: plain math on tensors (no Lightning).
 
 signals.py  true-class probability and rescaled logit from logits
-queries.py  query strategies (plain, flip, input dropout) and their parser
+queries.py  query strategies (plain, flip, input dropout; event drop and jitter) and their parser
 collect.py  run a model over a loader with a strategy -> logits / signals by sample index
             (for an SNN, also per latency t from one pass: query_signals_by_latency)
 scores.py   Attack-P, Attack-R, LiRA, reference ratio;  rmia.py  RMIA
@@ -25,7 +25,8 @@ from .intervals import (
 )
 from .metrics import FPR_LEVELS, downsample_roc, roc_metrics
 from .plots import plot_roc, plot_score_histograms
-from .queries import Flip, InputDropout, Plain, QueryStrategy, flip, input_dropout, parse_query, plain
+from .queries import (EventDrop, EventJitter, Flip, InputDropout, Plain, QueryStrategy, event_drop, event_jitter, flip,
+                      input_dropout, parse_query, plain)
 from .rmia import rmia
 from .scores import attack_p, attack_r, lira, reference_ratio
 from .signals import rescaled_logit, true_class_probability
@@ -33,6 +34,7 @@ from .signals import rescaled_logit, true_class_probability
 __all__ = [
     "true_class_probability", "rescaled_logit",
     "QueryStrategy", "Plain", "Flip", "InputDropout", "plain", "flip", "input_dropout", "parse_query",
+    "EventDrop", "EventJitter", "event_drop", "event_jitter",
     "query_logits", "query_signals", "query_signals_by_latency",
     "attack_p", "attack_r", "rmia", "lira", "reference_ratio",
     "roc_metrics", "downsample_roc", "FPR_LEVELS",

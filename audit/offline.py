@@ -23,6 +23,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from core.errors import ConfigError
 from core.rundir import audit_dir, checkpoint_path, finished_models, read_checkpoint, read_done
 
 from .distributed import Ranks
@@ -33,7 +34,7 @@ from .settings import AuditSettings, check_latencies, check_report_dir, check_ta
 
 
 def check_audit(run_dir, target_index: int, settings: AuditSettings, latencies=None, report_dir=None,
-                targets=None, num_references: int | None = None) -> dict:
+                targets=None, num_references: int | None = None, input_frames: int | None = None) -> dict:
     """Every audit setting, checked against the finished target before any model is loaded
     or queried (ConfigError naming the key): {"done", "trained_T", "latencies", "report_dir",
     "targets"} (targets[0] is the report's main target)."""
@@ -44,6 +45,11 @@ def check_audit(run_dir, target_index: int, settings: AuditSettings, latencies=N
         target_index = targets[0]
     done = read_done(run_dir, target_index)
     trained_T = model_facts(done)["T"]
+    trained_frames = (done.get("hparams") or {}).get("input_frames")
+    if input_frames is not None and trained_frames is not None and input_frames != trained_frames:
+        raise ConfigError(f"model.T={input_frames!r}: the event data would hold {input_frames} frames per sample, but "
+                          f"model {target_index} was trained on {trained_frames}; run it with --model.T "
+                          f"{trained_frames} (latencies read fewer steps: --latencies)")
     return {"done": done, "trained_T": trained_T,
             "latencies": check_latencies(latencies, trained_T, target_index, done.get("step_readout", True)),
             "report_dir": check_report_dir(report_dir, run_dir, target_index), "targets": targets or [target_index]}

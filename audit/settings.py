@@ -19,7 +19,8 @@ class AuditSettings:
     """How the target is attacked.
 
     Args:
-        queries: query strategies: plain, flip, "dropout:p=0.01,n=10", "dropout:p=0.01,n=10,per_timestep=true".
+        queries: query strategies: plain, flip, "dropout:p=0.01,n=10", "dropout:p=0.01,n=10,per_timestep=true";
+            for event data "event_drop:p=0.1,n=10", "event_jitter:sigma=0.5,n=10".
         attacks: any of attack_p, attack_r, rmia_offline, rmia_online, lira_online, lira_offline,
             reference_ratio (default: all).
         query_seed: seed of the input-dropout masks (the same for every model).
@@ -74,6 +75,18 @@ class AuditSettings:
         for key in ("rmia_per_query",) + (("lira_fix_variance",) if self.lira_fix_variance is not None else ()):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"{where}{key}={getattr(self, key)!r} is not allowed; expected true or false")
+        return self
+
+    def check_inputs(self, event_data: bool, where: str = "") -> "AuditSettings":
+        """Every query strategy fits the data: image strategies for images, event strategies
+        for event frames (ConfigError before any model is queried); returns self."""
+        want = "events" if event_data else "images"
+        bad = [s.name for s in self.strategies if s.acts_on not in ("any", want)]
+        if bad:
+            allowed = ('plain, flip, "event_drop:p=<p>,n=<n>", "event_jitter:sigma=<frames>,n=<n>"' if event_data
+                       else 'plain, flip, "dropout:p=<p>,n=<n>[,per_timestep=true]"')
+            raise ConfigError(f"{where}queries={list(self.queries)!r}: {', '.join(bad)} do(es) not apply to "
+                              f"{'event frames' if event_data else 'images'}; allowed for this dataset: {allowed}")
         return self
 
     @property

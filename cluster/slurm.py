@@ -174,13 +174,14 @@ def check_data(data: dict, workdir: Path) -> None:
     """The dataset is readable where the jobs will run (relative roots resolve in the workdir):
     a missing CIFAR with download false would otherwise fail every array task after its wait."""
     from core.errors import ConfigError
-    from datamodules import load_pool
+    from datamodules.datasets import check_readable
 
     if data.get("download"):
         return
     root = Path(data.get("root") or "data")
     try:
-        load_pool(data.get("dataset", "digits"), root if root.is_absolute() else workdir / root, False)
+        check_readable(data.get("dataset", "digits"), root if root.is_absolute() else workdir / root, False,
+                       data.get("image_size"), data.get("resize"))
     except ConfigError as err:
         raise SlurmError(str(err)) from None
 

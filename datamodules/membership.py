@@ -14,8 +14,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from .datasets import DATASETS, IndexedImages, Pool, crop_flip, load_pool
-from core.errors import ConfigError, check_choice, check_int
+from .datasets import IndexedImages, Pool, crop_flip, dataset_info, load_pool
+from core.errors import ConfigError, check_int
 from core.rundir import check_trained_on
 from core.seeds import derive_seed
 from .plan import Plan, load_or_create_plan
@@ -71,13 +71,19 @@ class MembershipDataModule(L.LightningDataModule):
         eval_batch_size: int = 256,
         num_workers: int = 0,
         augment: bool | None = None,
+        image_size: int | None = None,
+        resize: int | None = None,
+        T: int = 4,
         run_dir: str | None = None,
     ):
         """
         Args:
-            dataset: digits (embedded, no download), mnist, fashion_mnist, cifar10, cifar100.
-            root: folder holding the torchvision dataset files.
-            download: let torchvision download missing files (needs internet).
+            dataset: digits (embedded, no download), mnist, fashion_mnist, cifar10, cifar100;
+                imagefolder (any class-per-folder image dataset under root); the event
+                datasets nmnist, dvs128_gesture, cifar10_dvs.
+            root: folder holding the dataset's files.
+            download: let torchvision download missing files (needs internet; the
+                torchvision datasets only).
             num_references: K, the number of reference models (even, >= 0).
             model_index: which model's training split to load (0 = target, 1..K references).
             seed: seed of the membership plan.
@@ -87,11 +93,19 @@ class MembershipDataModule(L.LightningDataModule):
             batch_size: training batch size.
             eval_batch_size: batch size for validation, test and attack queries.
             num_workers: DataLoader workers.
-            augment: random crop + flip in training (null: on for CIFAR only).
+            augment: random crop + flip in training (null: on for CIFAR and imagefolder).
+            image_size: imagefolder: side of the square the images are cropped to (null: 128);
+                event datasets: side of the frames the sensor's pixels are binned into
+                (null: the sensor's). Not allowed for the built-in datasets.
+            resize: imagefolder: the shorter side is resized to this before the centre crop
+                (null: image_size).
+            T: event datasets: frames per sample. run.py sets it from model.T, so an SNN's
+                time steps are the frames; an ANN gets the frames summed.
             run_dir: where the plan is persisted (set from the top-level --run_dir).
         """
         super().__init__()
-        check_choice("data.dataset", dataset, list(DATASETS))
+        info = dataset_info(dataset, root, image_size, resize, download)
+        check_int("model.T", T, 1, what=" (run.py gives it to the data module as data.T)")
         check_int("data.num_references", num_references, 0, what=" and even")
         if num_references % 2:
             raise ConfigError(f"data.num_references={num_references!r} is not allowed; expected an even integer >= 0")
@@ -114,10 +128,16 @@ class MembershipDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
+        self.image_size = image_size
+        self.resize = resize
+        self.T = T
         self.run_dir = run_dir
-        self.input_shape, self.num_classes, mean, std, default_augment = DATASETS[dataset]
-        self.normalization = (list(mean), list(std))
-        self.augment = default_augment if augment is None else augment
+        self.input_shape, self.num_classes = info.input_shape, info.num_classes
+        self.normalization = (list(info.mean), list(info.std))
+        # Linked to the model: None for images; for event data the number of frames in each
+        # sample, which tells the model that its input is [B, T, 2, H, W] event counts.
+        self.input_frames = T if info.events else None
+        self.augment = info.augment if augment is None else augment
         self.pool: Pool | None = None
         self.plan: Plan | None = None
         # Set by run.py's training (seed_everything + model index): each epoch's order and
@@ -149,12 +169,14 @@ class MembershipDataModule(L.LightningDataModule):
 
     def _load(self, save: bool = True) -> Plan:
         if self.pool is None:
-            self.pool = load_pool(self.dataset, self.root, self.download)
+            self.pool = load_pool(self.dataset, self.root, self.download, self.image_size, self.resize, self.T,
+                                  self.num_workers)
         if self.plan is not None:
             return self.plan
         plan = load_or_create_plan(
             self.run_dir, save=save, dataset=self.dataset, pool_size=len(self.pool),
             num_references=self.num_references, seed=self.seed, population=self.population, audit_size=self.audit_size,
+            dataset_identity=self.pool.identity,
         )
         if save:
             self.plan = plan

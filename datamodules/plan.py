@@ -6,8 +6,18 @@ Layout on disk (inside the run directory):
              tensors, checked every time the plan is loaded
   plan.pt    tensors only (membership, audit_indices, population_indices), read with
              torch.load(weights_only=True) so a shared plan cannot run code.
+
 A plan is never rewritten: a plan.pt without its plan.json, or trained models without a
 plan, is an error, not a reason to draw a new one.
+
+A dataset read from a user's folder (imagefolder, the event datasets) adds its identity to
+the fingerprint under `dataset_identity` (datamodules/identity.py): a folder that changed
+since the plan was drawn is refused with a line saying what changed.
+
+PLAN_VERSION changes only when the same settings would draw a different plan. The
+identity does not change how a plan is drawn, and the built-in datasets have none, so
+their fingerprints (and the checkpoints and signal caches that record them) are exactly
+those written before it existed: an existing run directory loads and matches as before.
 """
 
 from __future__ import annotations
@@ -20,6 +30,8 @@ import torch
 
 from core.errors import ConfigError, first_line
 from core.rundir import PlanLock, atomic_write, tensors_sha256
+
+from .identity import describe_difference
 
 PLAN_VERSION = 1
 
@@ -52,7 +64,8 @@ def resolve_population(population: float | int | None, pool_size: int) -> int:
 
 
 def make_plan(dataset: str, pool_size: int, num_references: int, seed: int,
-              population: float | int | None = None, audit_size: int | None = None) -> Plan:
+              population: float | int | None = None, audit_size: int | None = None,
+              dataset_identity: dict | None = None) -> Plan:
     if num_references < 0 or num_references % 2:
         raise ConfigError(f"data.num_references={num_references!r} is not allowed; expected an even integer >= 0")
     z = resolve_population(population, pool_size)
@@ -85,6 +98,8 @@ def make_plan(dataset: str, pool_size: int, num_references: int, seed: int,
         "population_size": z,
         "audit_size": n,
     }
+    if dataset_identity is not None:
+        fingerprint["dataset_identity"] = dataset_identity
     return Plan(torch.stack(rows), audit_indices, population_indices, fingerprint)
 
 
@@ -131,7 +146,12 @@ def load_plan(run_dir: str | Path) -> Plan | None:
 
 
 def check_fingerprint(saved: dict, wanted: dict, run_dir: str | Path) -> None:
-    diff = [f"{k}: plan has {saved.get(k)!r}, config gives {wanted[k]!r}" for k in wanted if saved.get(k) != wanted[k]]
+    diff = [f"{k}: plan has {saved.get(k)!r}, config gives {wanted[k]!r}" for k in wanted
+            if k != "dataset_identity" and saved.get(k) != wanted[k]]
+    if saved.get("dataset") == wanted.get("dataset"):  # another dataset's identity says nothing more
+        changed = describe_difference(saved.get("dataset_identity"), wanted.get("dataset_identity"))
+        if changed:
+            diff.append(f"the dataset under data.root changed ({changed})")
     if diff:
         raise ConfigError(
             f"run_dir={str(run_dir)!r} holds a membership plan made with other settings ({'; '.join(diff)}); "

@@ -6,6 +6,11 @@ The module is what the attacks query black-box: `model(x)` returns logits [B, cl
 For an SNN, x may be [B, C, H, W] (encoded here, repeated over T steps for direct
 encoding) or an already time-expanded [T, B, C, H, W] (per-time-step query masks);
 the logits are the readout averaged over the T steps, and `forward_steps` gives all T.
+
+Event data (`input_frames` set by the data module) is another input: x is [B, F, C, H, W],
+F frames of event counts per sample. An SNN's step t is frame t, as is: no normalisation,
+no repetition, no Poisson coding (`frames_to_steps`). An ANN gets the frames summed
+over time: every event once, so its input does not depend on how many frames there are.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ class Classifier(L.LightningModule):
         convert_v_init: float = 0.5,
         norm: str | None = None,
         dp: dict[str, Any] | None = None,
+        input_frames: int | None = None,
     ):
         """
         Args:
@@ -86,6 +92,8 @@ class Classifier(L.LightningModule):
             v_threshold: firing threshold.
             width: channel-width multiplier (1.0 = the standard architecture).
             num_classes, input_shape, normalization: set from the data module.
+            input_frames: set from the data module: None for images; for event data the frames
+                per sample, which an SNN must take as its T steps (run.py links model.T to them).
             optimizer: sgd (momentum) or adam; lr, weight_decay, momentum as usual.
             scheduler: cosine (annealed over trainer.max_epochs) or none.
             init: scratch (random weights, direct surrogate-gradient training) or converted
@@ -134,6 +142,16 @@ class Classifier(L.LightningModule):
                     or not 0 <= convert_v_init < 1:
                 raise ConfigError(f"model.convert_v_init={convert_v_init!r} is not allowed; expected a number in [0, 1) "
                                   f"(a fraction of the threshold: 0.5 half-threshold start, 0 start at rest)")
+        if input_frames is not None:
+            check_int("input_frames", input_frames, 1)
+            if kind == "snn" and T != input_frames:
+                raise ConfigError(f"model.T={T!r} is not allowed: the event data hold {input_frames} frames per sample "
+                                  f"and an SNN takes one frame per time step; set model.T={input_frames} (for a "
+                                  "reference: drop T from --references)")
+            for key, value, need in (("model.encoding", encoding, "direct"), ("model.init", init, "scratch")):
+                if value != need:
+                    raise ConfigError(f"{key}={value!r} is not allowed with event data; set {key}={need} (frames of "
+                                      "event counts are spikes already, and conversion is for image data)")
         for key, value in (("model.lr", lr), ("model.width", width), ("model.v_threshold", v_threshold)):
             check_number(key, value, 0.0, low_open=True)
         # spikingjelly's LIF decays by 1/tau per step: tau <= 1 would overshoot (it asserts tau > 1)
@@ -155,6 +173,7 @@ class Classifier(L.LightningModule):
         # latency sweeps (run the trained SNN with T' steps).
         self.T = T if kind == "snn" else None
         self.encoding = encoding
+        self.input_frames = input_frames
         self.input_shape = tuple(input_shape)
         mean, std = normalization if normalization is not None else ([0.0] * input_shape[0], [1.0] * input_shape[0])
         self.normalize = Normalize(mean, std)
@@ -219,6 +238,20 @@ class Classifier(L.LightningModule):
             return (torch.rand(x.shape, generator=gen, device=x.device) < x).to(x.dtype)
         return self.normalize(x)
 
+    def frames_to_steps(self, x: torch.Tensor) -> torch.Tensor:
+        """Event frames [B, F, C, H, W] -> the SNN's input [T, B, C, H, W]: frame t is step t,
+        taken as it is (event counts are spikes already: not normalised, repeated or
+        Poisson-coded). Run with T < F steps (a latency audit), the SNN sees the first T
+        frames, which is a T-step run's prefix, as for images."""
+        if x.dim() != len(self.input_shape) + 2 or x.shape[1] != self.input_frames:
+            raise ConfigError(f"the event data give inputs of shape {tuple(x.shape)}, but this model was trained on "
+                              f"[B, {self.input_frames}, {', '.join(map(str, self.input_shape))}]: data.T comes from "
+                              f"model.T, so run it with --model.T {self.input_frames}")
+        if self.T > x.shape[1]:
+            raise ValueError(f"T={self.T} steps asked of event data with {x.shape[1]} frames per sample; "
+                             f"latencies of event data go up to the frames, {x.shape[1]}")
+        return x[:, : self.T].transpose(0, 1)
+
     def forward_steps(self, x: torch.Tensor) -> torch.Tensor:
         """SNN readout at every time step: [T, B, classes]."""
         if self.kind != "snn":
@@ -233,6 +266,8 @@ class Classifier(L.LightningModule):
         """The SNN's network output for x, from rest: [T, B, classes] ([B, classes] for a user
         network that reads out over time itself)."""
         functional.reset_net(self.net)  # no membrane potential may leak from the last query
+        if self.input_frames is not None:
+            return self.net(self.frames_to_steps(x))
         if self.hparams.net is None and self.encoding == "direct" and x.dim() == len(self.input_shape) + 1 \
                 and self._opens_with_conv_norm():
             out = self._stem_once(x)
@@ -267,9 +302,19 @@ class Classifier(L.LightningModule):
             var.copy_((1 - f) * var_before + (var - (1 - f) * var_before) * (self.T * (n - 1) / (self.T * n - 1)))
         return out.expand(self.T, *out.shape[1:])
 
+    def ann_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What an ANN's network takes: the normalised image, or for event data the frames
+        [B, F, C, H, W] summed over time (every event once; counts, not normalised)."""
+        if self.input_frames is None:
+            return self.normalize(x)
+        if x.dim() != len(self.input_shape) + 2:
+            raise ValueError(f"event data: expected frames [B, F, {', '.join(map(str, self.input_shape))}], "
+                             f"got shape {tuple(x.shape)}")
+        return x.sum(1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "ann":
-            return self.net(self.normalize(x))
+            return self.net(self.ann_input(x))
         if self.step_readout:
             return self.forward_steps(x).mean(0)
         return self._snn_output(x)  # a user network's own logits [B, classes]

@@ -157,15 +157,17 @@ def check_contract(model) -> None:
                           f"for the built-in model.arch, or net: an ANN class of your own)")
     T = model.T
     B = 3 if T == 2 else 2
-    x = torch.rand((B, *model.input_shape), generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand((B, *model.input_shape), generator=gen) if model.input_frames is None else \
+        torch.randint(0, 3, (B, model.input_frames, *model.input_shape), generator=gen).float()  # event counts
     was_training = model.training
     model.eval()
     try:
         try:
             with torch.no_grad():
-                raw = model.net(model.normalize(x)) if kind == "ann" else model._snn_output(x)
+                raw = model.net(model.ann_input(x)) if kind == "ann" else model._snn_output(x)
         except Exception as err:
-            given = _shape(x.shape) if kind == "ann" else _shape((T, *x.shape))
+            given = _shape((B, *model.input_shape)) if kind == "ann" else _shape((T, B, *model.input_shape))
             raise ConfigError(f"{where} fails on an input of shape {given} ({type(err).__name__}: {first_line(err)}); "
                               f"expected it to take " + ("[B, C, H, W]" if kind == "ann" else "[T, B, C, H, W]")
                               + f" with C, H, W = {', '.join(map(str, model.input_shape))} from the data") from None

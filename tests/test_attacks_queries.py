@@ -166,3 +166,133 @@ def test_apply_bad_arguments():
         input_dropout(0.1, 2).apply(x, torch.arange(2), 2, 0)
     with pytest.raises(ValueError, match="index must"):
         flip.apply(x, torch.arange(3), 0, 0)
+
+
+# -- event data: event_drop and event_jitter on frames [B, T, C, H, W] of event counts ----------
+from attacks import EventDrop, EventJitter, event_drop, event_jitter  # noqa: E402
+from attacks import queries as queries_module  # noqa: E402
+
+
+def _event_uniform_py(seed, salt, index, q, pos, ordinal):
+    s = seed ^ salt
+    h = _mix(_mix(s) ^ (s >> 32))
+    for v in (index, q, pos, ordinal):
+        h = _mix(h ^ v)
+    return h / 2**32
+
+
+def _frames(b=5, t=4, seed=0, high=4):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, high, (b, t, 2, 5, 6), generator=g).float()
+
+
+def test_event_drop_keeps_each_event_by_its_hash():
+    x = _frames(b=2, high=3)
+    out = event_drop(0.4, 3).apply(x, torch.tensor([9, 2]), 1, seed=5)
+    flat_x, flat_out = x.reshape(2, -1), out.reshape(2, -1)
+    for b, idx in enumerate((9, 2)):
+        for pos in range(flat_x.shape[1]):
+            kept = sum(_event_uniform_py(5, 0xD809E7E5, idx, 1, pos, j) >= 0.4 for j in range(int(flat_x[b, pos])))
+            assert flat_out[b, pos].item() == kept
+
+
+def test_event_jitter_moves_each_event_by_its_hash_and_clamps_at_the_ends():
+    import math
+
+    x = _frames(b=2, high=3)
+    sigma = 0.8
+    out = event_jitter(sigma, 2).apply(x, torch.tensor([4, 11]), 0, seed=1)
+    K = math.ceil(8 * sigma) + 1
+    bounds = [0.5 * (1 + math.erf((k + 0.5) / sigma / math.sqrt(2))) for k in range(-K, K)]
+    per_frame = 2 * 5 * 6
+    expected = torch.zeros_like(x).reshape(2, -1)
+    for b, idx in enumerate((4, 11)):
+        flat = x[b].reshape(-1)
+        for pos in range(flat.numel()):
+            for j in range(int(flat[pos])):
+                u = _event_uniform_py(1, 0x7A5C3B11, idx, 0, pos, j)
+                d = sum(bound <= u for bound in bounds) - K
+                t = min(max(pos // per_frame + d, 0), x.shape[1] - 1)
+                expected[b, t * per_frame + pos % per_frame] += 1
+    assert torch.equal(out, expected.view_as(x))
+
+
+@pytest.mark.parametrize("strategy", [event_drop(0.3, 4), event_jitter(1.5, 4)], ids=str)
+def test_event_queries_do_not_depend_on_batch_size_order_or_chunking(strategy, monkeypatch):
+    x, index = _frames(b=7), torch.tensor([40, 3, 17, 5, 99, 0, 12])
+    batch = strategy.apply(x, index, 3, seed=123)
+    alone = strategy.apply(x[3:4], index[3:4], 3, seed=123)
+    reordered = strategy.apply(x.flip(0), index.flip(0), 3, seed=123)
+    assert torch.equal(batch[3:4], alone) and torch.equal(batch, reordered.flip(0))
+    monkeypatch.setattr(queries_module, "_MAX_EVENTS", 50)  # many small chunks, some of one sample
+    assert torch.equal(strategy.apply(x, index, 3, seed=123), batch)
+    assert not torch.equal(batch, strategy.apply(x, index, 2, seed=123))  # another query, other events
+    assert not torch.equal(batch, strategy.apply(x, index, 3, seed=124))
+
+
+def test_event_queries_are_identical_in_another_process():
+    code = (
+        "import json, torch; from attacks import event_drop, event_jitter\n"
+        "g = torch.Generator().manual_seed(0); x = torch.randint(0, 4, (3, 4, 2, 5, 6), generator=g).float()\n"
+        "i = torch.tensor([0, 7, 12345])\n"
+        "print(json.dumps([event_drop(0.25, 5).apply(x, i, 4, seed=99).flatten().tolist(),"
+        " event_jitter(0.7, 5).apply(x, i, 4, seed=99).flatten().tolist()]))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    drop, jitter = (torch.tensor(v) for v in json.loads(out.stdout))
+    x, i = _frames(b=3), torch.tensor([0, 7, 12345])
+    assert torch.equal(event_drop(0.25, 5).apply(x, i, 4, seed=99).flatten(), drop)
+    assert torch.equal(event_jitter(0.7, 5).apply(x, i, 4, seed=99).flatten(), jitter)
+
+
+def test_event_drop_rate_is_p_and_counts_only_fall():
+    x = torch.full((50, 4, 2, 16, 16), 3.0)  # 307,200 events
+    out = event_drop(0.2, 1).apply(x, torch.arange(50), 0, seed=0)
+    assert (out <= x).all() and out.dtype == x.dtype
+    # Binomial(307200, 0.2): standard error of the rate 0.0007
+    assert 1 - out.sum().item() / x.sum().item() == pytest.approx(0.2, abs=0.005)
+    assert torch.equal(event_drop(0.0, 1).apply(x, torch.arange(50), 0), x)
+
+
+def test_event_jitter_keeps_every_pixels_total_and_moves_by_rounded_gaussian_steps():
+    x = torch.zeros(200, 41, 1, 2, 2)
+    x[:, 20] = 5.0  # 4,000 events in the middle frame, far from the ends
+    out = event_jitter(2.0, 1).apply(x, torch.arange(200), 0, seed=0)
+    assert torch.equal(out.sum(1), x.sum(1))  # what an ANN (frames summed) sees is unchanged
+    d = torch.arange(41.0) - 20
+    weights = out.sum((0, 2, 3, 4))
+    mean = (weights * d).sum() / weights.sum()
+    var = (weights * (d - mean) ** 2).sum() / weights.sum()
+    # round(2 z): variance 4 + 1/12 = 4.08 (the rounding adds about 1/12); 4,000 draws: se ~ 0.09
+    assert mean.item() == pytest.approx(0.0, abs=0.15) and var.item() == pytest.approx(4.08, abs=0.35)
+    assert torch.equal(event_jitter(0.0, 1).apply(x, torch.arange(200), 0), x)
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("event_drop:p=0.1,n=10", EventDrop(0.1, 10)),
+    ("event_drop:n=3,p=0.05", EventDrop(0.05, 3)),
+    ("event_jitter:sigma=0.5,n=4", EventJitter(0.5, 4)),
+    ("event_drop_p0.1_n10", EventDrop(0.1, 10)),
+    ("event_jitter_s2.0_n1", EventJitter(2.0, 1)),
+])
+def test_parse_event_queries(spec, expected):
+    got = parse_query(spec)
+    assert got == expected and parse_query(got.name) == got and got.num_queries == expected.n
+
+
+@pytest.mark.parametrize("spec", ["event_drop:p=0.1", "event_drop:p=1,n=2", "event_jitter:sigma=-1,n=2",
+                                  "event_jitter:p=0.1,n=2", "event_jitter:sigma=inf,n=2", "event_drop:p=0.1,n=0"])
+def test_parse_event_queries_rejects_with_allowed_forms(spec):
+    with pytest.raises(ValueError, match="event_drop:p=<p>,n=<n>"):
+        parse_query(spec)
+
+
+def test_image_and_event_strategies_refuse_each_others_inputs():
+    with pytest.raises(ValueError, match="for event frames .* use event_drop or event_jitter"):
+        input_dropout(0.1, 2).apply(_frames(b=2), torch.arange(2), 0)
+    with pytest.raises(ValueError, match=r"event_drop_p0.1_n2 acts on event frames \[B, T, C, H, W\]"):
+        event_drop(0.1, 2).apply(torch.ones(2, 3, 4, 4), torch.arange(2), 0)
+    with pytest.raises(ValueError, match="acts on event counts"):
+        event_jitter(1.0, 2).apply(_frames(b=2) + 0.5, torch.arange(2), 0)

@@ -6,10 +6,12 @@ examples/*.yaml are run.py configs of networks of your own."""
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cluster.slurm import SlurmOptions, options_from, parser as submit_parser
 from study import load_study
 from training.cli import ROOT, cli_main, parse_config
+from writers import write_image_folder
 
 CONFIGS = ROOT / "configs"
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -42,7 +44,12 @@ def test_every_config_begins_with_the_command_that_runs_it():
 
 @pytest.mark.parametrize("config", configs("run"), ids=ids)
 def test_every_run_config_parses_and_instantiates(tmp_path, config):
-    cli = cli_main(["--config", str(config), "--run_dir", str(tmp_path), "--trainer.accelerator", "cpu"], run=False)
+    args = ["--config", str(config), "--run_dir", str(tmp_path), "--trainer.accelerator", "cpu"]
+    if (yaml.safe_load(config.read_text()).get("data") or {}).get("dataset") == "imagefolder":
+        # the data module lists the class folders when it is built: give it a small folder
+        write_image_folder(tmp_path / "images", {"train": {"a": 1, "b": 1}, "val": {"a": 1, "b": 1}})
+        args += ["--data.root", str(tmp_path / "images")]
+    cli = cli_main(args, run=False)
     assert cli.model.hparams.num_classes == cli.datamodule.num_classes
     assert tuple(cli.model.hparams.input_shape) == tuple(cli.datamodule.input_shape)
 

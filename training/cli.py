@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "configs" / "default.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "audit")
 # Classifier arguments that come from the data module, not from a user.
-LINKED = ("num_classes", "input_shape", "normalization")
+LINKED = ("num_classes", "input_shape", "normalization", "input_frames")
 
 
 class AuditTrainer(L.Trainer):
@@ -121,6 +121,8 @@ class AuditCLI(LightningCLI):
         parser.add_argument("--references", type=dict[str, Any] | None, default=None,
                             help="Model settings that differ for the reference models, e.g. {kind: ann}.")
         parser.link_arguments("run_dir", "data.run_dir")
+        # Event data are integrated into as many frames as the SNN has time steps.
+        parser.link_arguments("model.T", "data.T")
         for key in LINKED:
             parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
 
@@ -169,6 +171,7 @@ class AuditCLI(LightningCLI):
         for cb in self.trainer.callbacks:
             if isinstance(cb, MembershipAttack):
                 cb.check()  # a bad audit setting fails now, not after the references trained
+                cb.settings.check_inputs(datamodule.input_frames is not None, "MembershipAttack ")
         # DP under DDP and the like are refused before anything is written (the references use this trainer's settings).
         refs_dp = {**model.hparams, **(self._cfg.references or {})}.get("dp")
         for dp in (model.hparams.dp, refs_dp if self._cfg.data.model_index is None else None):
@@ -179,7 +182,8 @@ class AuditCLI(LightningCLI):
         settings = AuditSettings(**settings)
         # Every value is checked before any model is loaded or queried.
         check_audit(self._cfg.run_dir, datamodule.index, settings, latencies, report_dir, targets,
-                    datamodule.num_references)
+                    datamodule.num_references, datamodule.input_frames)
+        settings.check_inputs(datamodule.input_frames is not None)
         if self.trainer.global_rank == 0:
             datamodule.prepare_data()  # the plan: written (or checked) once, read by every rank
         kwargs = dict(latencies=latencies, report_dir=report_dir, targets=targets)
