@@ -36,7 +36,9 @@ import yaml
 from audit.report import tables_off
 from core.rundir import atomic_write
 
-STUDY_KEYS = {"name", "run_dir", "base_args", "entries", "audit_args"}
+from .verdicts import aggregate
+
+STUDY_KEYS = {"name", "run_dir", "base_args", "entries", "audit_args", "seeds"}
 ENTRY_KEYS = {"name", "args"}
 MAIN_ATTACKS = ("attack_p", "attack_r", "rmia_offline", "lira_online")
 METRICS = (("auc", "AUC"), ("tpr@1%fpr", "TPR@1%FPR"), ("tpr@0.1%fpr", "TPR@0.1%FPR"))
@@ -104,14 +106,36 @@ def load_study(path: str | Path, run_dir: str | None = None) -> dict:
         if name in seen:
             raise StudyError(f"{where}.name={name!r}: duplicate entry name")
         seen.add(name)
-        args = [a.replace("${run_dir}", rd) for a in _str_list(entry.get("args"), f"{where}.args")]
-        parsed.append({"name": name, "args": args})
+        parsed.append({"name": name, "args": _str_list(entry.get("args"), f"{where}.args")})
     name = raw.get("name", path.stem)
     if not isinstance(name, str):
         raise StudyError(f"study config {str(path)!r}: name must be a string, got {name!r}")
-    return {"name": name, "run_dir": rd, "entries": parsed,
-            "base_args": [a.replace("${run_dir}", rd) for a in _str_list(raw.get("base_args"), "base_args")],
-            "audit_args": [a.replace("${run_dir}", rd) for a in _str_list(raw.get("audit_args"), "audit_args")]}
+    seeds = raw.get("seeds")
+    if seeds is not None and (not isinstance(seeds, list) or not seeds or len(set(map(str, seeds))) != len(seeds)
+                              or any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in seeds)):
+        raise StudyError(f"study config {str(path)!r}: seeds must be a list of distinct integers >= 0, e.g. [0, 1, 2], "
+                         f"got {seeds!r}")
+    base, audit_args = _str_list(raw.get("base_args"), "base_args"), _str_list(raw.get("audit_args"), "audit_args")
+    for flag in ("--data.seed", "--seed_everything"):
+        if seeds is not None and any(a == flag or a.startswith(flag + "=") for e in parsed for a in [*base, *e["args"]]):
+            raise StudyError(f"study config {str(path)!r}: {flag} is set per seed by `seeds`; remove it from the args")
+    return {"name": name, "run_dir": rd, "entries": parsed, "seeds": seeds, "base_args": base, "audit_args": audit_args}
+
+
+def seed_dir(spec: dict, seed: int | None) -> Path:
+    """Where one seed's runs go: run_dir/seed_<s>/ with seeds, run_dir/ without."""
+    return Path(spec["run_dir"]) / f"seed_{seed}" if seed is not None else Path(spec["run_dir"])
+
+
+def entry_argv(spec: dict, entry: dict, seed: int | None) -> list[str]:
+    """The run.py flags of one entry for one seed: ${run_dir} is that seed's folder (so a
+    converted chain starts from the same seed's models), and the plan and model seeds are
+    both the seed."""
+    root = str(seed_dir(spec, seed))
+    argv = [a.replace("${run_dir}", root) for a in [*spec["base_args"], *entry["args"]]]
+    if seed is not None:
+        argv += ["--data.seed", str(seed), "--seed_everything", str(seed)]
+    return [*argv, "--run_dir", str(Path(root) / entry["name"])]
 
 
 # -- running ----------------------------------------------------------------------------------
@@ -430,24 +454,36 @@ def plot_epochs(study: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_study_report(spec: dict, plan: dict, reports: dict[str, dict], facts: dict[str, dict]) -> dict:
+def write_study_report(spec: dict, plans: dict, reports: dict[tuple, dict], facts: dict[tuple, dict]) -> dict:
     out = Path(spec["run_dir"]) / "study"
+    seeds = spec.get("seeds") or [None]
+    first = seeds[0]
     args = {e["name"]: e["args"] for e in spec["entries"]}
+    entries = {}
+    for e in spec["entries"]:
+        name = e["name"]
+        r, f = reports[name, first], facts[name, first]
+        entries[name] = {"args": args[name], "converted": f.get("init") == "converted",
+                         "references": f.get("references") or None,
+                         "run_dir": str(seed_dir(spec, first) / name),
+                         "target": r.get("target", {}), "attacks": r.get("attacks", {}),
+                         "skipped": r.get("skipped", {}), "settings": r.get("settings", {}),
+                         "curves": r.get("curves", {}), "history": r.get("history", []),
+                         "seeds": {str(seed): {k: reports[name, seed].get(k) for k in
+                                               ("target", "attacks", "targets", "across_targets", "history")}
+                                   for seed in seeds}}
     study = {
         "name": spec["name"],
         "run_dir": spec["run_dir"],
-        "plan": plan,
+        "seeds": spec.get("seeds"),
+        "plan": plans[first],
+        "plans": {str(seed): plan for seed, plan in plans.items()},
         "base_args": spec["base_args"],
         "audit_args": spec["audit_args"],
-        "main_attacks": main_attack_names(reports),
-        "entries": {name: {"args": args[name], "converted": facts[name].get("init") == "converted",
-                           "references": facts[name].get("references") or None,
-                           "run_dir": str(Path(spec["run_dir"]) / name),
-                           "target": r.get("target", {}), "attacks": r.get("attacks", {}),
-                           "skipped": r.get("skipped", {}), "settings": r.get("settings", {}),
-                           "curves": r.get("curves", {}), "history": r.get("history", [])}
-                    for name, r in reports.items()},
+        "main_attacks": main_attack_names({name: e for name, e in entries.items()}),
+        "entries": entries,
     }
+    study.update(aggregate(study))
     atomic_write(out / "report.json", lambda p: p.write_text(json.dumps(study, indent=1) + "\n"))
     atomic_write(out / "report.md", lambda p: p.write_text(markdown(study)))
     plot_leakage_vs_T(study, out / "leakage_vs_T.png")
@@ -473,25 +509,38 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run_study(spec: dict) -> dict:
-    root = Path(spec["run_dir"])
-    plan0, first, reports, facts = None, None, {}, {}
-    for n, e in enumerate(spec["entries"], 1):
-        name = e["name"]
-        print(f"study {spec['name']}: entry {n} of {len(spec['entries'])}: {name}", file=sys.stderr, flush=True)
-        argv = [*spec["base_args"], *e["args"], "--run_dir", str(root / name)]
-        _run("fit", name, argv)
-        plan = _plan_of(root / name, name)
-        if plan0 is None:
-            plan0, first = plan, name
-        elif plan != plan0:
-            diff = sorted(k for k in set(plan) | set(plan0) if plan.get(k) != plan0.get(k))
-            raise StudyFailure(f"entry {name!r}: membership plan differs from entry {first!r}'s in "
-                               + ", ".join(f"{k} ({plan.get(k)!r} vs {plan0.get(k)!r})" for k in diff)
-                               + "; every entry must use the same data settings")
-        _run("audit", name, [*argv[:-2], *spec["audit_args"], "--run_dir", str(root / name)])
-        reports[name] = _report_of(root / name, name)
-        facts[name] = _facts_of(root / name, name)
-    return write_study_report(spec, plan0, reports, facts)
+    """Every entry for every seed, in order (a whole seed first, so a converted chain finds the
+    same seed's models, and an interrupted study has complete seeds); then the report."""
+    seeds = spec.get("seeds") or [None]
+    plans, reports, facts = {}, {}, {}
+    total, n = len(seeds) * len(spec["entries"]), 0
+    for seed in seeds:
+        plan0, first = None, None
+        for e in spec["entries"]:
+            n += 1
+            name = e["name"]
+            tag = name if seed is None else f"{name} (seed {seed})"
+            print(f"study {spec['name']}: entry {n} of {total}: {tag}", file=sys.stderr, flush=True)
+            argv = entry_argv(spec, e, seed)
+            run_dir = Path(argv[-1])
+            _run("fit", tag, argv)
+            plan = _plan_of(run_dir, tag)
+            if plan0 is None:
+                plan0, first = plan, name
+            elif plan != plan0:
+                diff = sorted(k for k in set(plan) | set(plan0) if plan.get(k) != plan0.get(k))
+                raise StudyFailure(f"entry {tag!r}: membership plan differs from entry {first!r}'s in "
+                                   + ", ".join(f"{k} ({plan.get(k)!r} vs {plan0.get(k)!r})" for k in diff)
+                                   + "; every entry must use the same data settings")
+            fact = _facts_of(run_dir, tag)
+            # Every model in turn as the target, unless the references differ from the target.
+            rotate = [] if fact.get("references") else ["--targets", "all"]
+            audit_args = [a.replace("${run_dir}", str(seed_dir(spec, seed))) for a in spec["audit_args"]]
+            _run("audit", tag, [*argv[:-2], *audit_args, *rotate, "--run_dir", str(run_dir)])
+            reports[name, seed] = _report_of(run_dir, tag)
+            facts[name, seed] = fact
+        plans[seed] = plan0
+    return write_study_report(spec, plans, reports, facts)
 
 
 def study_main(argv: list[str]) -> int:

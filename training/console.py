@@ -33,12 +33,14 @@ _OURS = (
 
 class _DropBanners(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.getMessage()).startswith(_BANNERS)
+        text = str(record.getMessage())
+        return not (text.startswith(_BANNERS) or text.startswith("[rank: 0] Seed set to"))
 
 
 def quiet_lightning() -> None:
     """Install the filters (idempotent)."""
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning.fabric.utilities.seed"):
         log = logging.getLogger(name)
         if not any(isinstance(f, _DropBanners) for f in log.filters):
             log.addFilter(_DropBanners())
