@@ -49,9 +49,11 @@ def test_tiny_study_writes_report_and_plots_and_rerun_retrains_nothing(tmp_path,
     for e in report["entries"].values():
         assert "rmia_offline" in e["curves"] and {"auc", "tpr@0.1%fpr"} <= set(e["attacks"]["rmia_offline"])
     md = (out / "report.md").read_text()
-    rows = [line for line in md.splitlines() if line.startswith("| ")]
+    section = md[md.index("## Queries: plain"):]
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
     assert len(rows) == 3  # header + one row per entry
-    assert "rmia_offline TPR@0.1%FPR" in rows[0] and "test acc" in rows[0] and "distinct conf." in rows[0]
+    assert "rmia_offline TPR@1%FPR" in rows[0] and "test acc" in rows[0] and "distinct conf." in rows[0]
+    assert "TPR@0.1%FPR" not in rows[0]  # ~808 non-members cannot measure it
     assert rows[1].startswith("| ann | ann |") and rows[2].startswith("| snn_T1 | snn T=1 |")
     captured = capsys.readouterr()
     printed = captured.out
@@ -152,7 +154,7 @@ def test_run_py_routes_study(tmp_path, capsys):
 def test_reference_overrides_label_rows_and_get_their_own_line(tmp_path):
     """An SNN target audited with ANN references (--references '{kind: ann}') is labelled as
     such in report.md and plotted apart from the SNN entries with references of their own kind."""
-    from study.runner import markdown, plot_leakage_vs_T
+    from study.report import markdown, plot_leakage_vs_T
 
     def entry(T, auc, refs=None):
         return {"args": [], "converted": False, "references": refs, "curves": {}, "history": [],
@@ -164,20 +166,18 @@ def test_reference_overrides_label_rows_and_get_their_own_line(tmp_path):
     assert rows[1].startswith("| snn_T4 | snn T=4 |")
     assert rows[2].startswith("| snn_T4_annrefs | snn T=4, refs kind=ann |")
 
-    import matplotlib.pyplot as plt
-    from unittest import mock
-    with mock.patch.object(plt, "close"):  # keep the figure to inspect its lines
-        plot_leakage_vs_T(study, tmp_path / "l.png")
-        ax = plt.gcf().axes[0]
-    lines = {line.get_label(): list(line.get_xdata()) for line in ax.get_lines()}
-    plt.close("all")
+    from study.report import leakage_figure
+
+    ax = leakage_figure(study).axes[0]
+    lines = {c.get_label(): list(c.lines[0].get_xdata()) for c in ax.containers}  # one errorbar series each
+    plot_leakage_vs_T(study, tmp_path / "l.png")
     assert lines["rmia_offline SNN"] == [2, 4]
     assert lines["rmia_offline SNN, refs kind=ann"] == [4]
     assert (tmp_path / "l.png").stat().st_size > 0
 
 
 def test_report_has_one_table_per_query_setting():
-    from study.runner import markdown
+    from study.report import markdown
 
     m = {"auc": 0.6, "tpr@1%fpr": 0.02, "tpr@0.1%fpr": 0.003}
     study = {"name": "q", "plan": {"seed": 0},
@@ -191,15 +191,15 @@ def test_report_has_one_table_per_query_setting():
     assert plain < dropout
     row_plain = next(line for line in md[plain:dropout] if line.startswith("| conv_T1"))
     row_drop = next(line for line in md[dropout:] if line.startswith("| conv_T1"))
-    assert row_plain == "| conv_T1 | snn converted T=1 | 0.7000 | 0.040 | 0.6000 | 0.0200 | 0.0030 |"
-    assert row_drop == "| conv_T1 | snn converted T=1 | 0.7000 | 0.610 | 0.6500 | 0.0200 | 0.0030 |"
+    assert row_plain == "| conv_T1 | snn converted T=1 | 0.700 | 0.040 | 0.600 | 0.020 | 0.003 |"
+    assert row_drop == "| conv_T1 | snn converted T=1 | 0.700 | 0.610 | 0.650 | 0.020 | 0.003 |"
     assert "rmia_offline AUC" in md[plain + 2] and "@dropout" not in md[plain + 2]
 
 
 def test_dp_entries_are_labelled_with_epsilon_and_plotted_against_it(tmp_path):
     """A DP study (configs/study/*_dp.yaml): each DP entry's row names the accountant's epsilon,
     and leakage_vs_epsilon.png puts every model's entries on one line over epsilon, no DP last."""
-    from study.runner import markdown, plot_leakage_vs_epsilon
+    from study.report import markdown, plot_leakage_vs_epsilon
 
     def entry(kind, auc, eps=None):
         dp = {"epsilon": eps, "delta": 1e-5, "noise_multiplier": 1.0, "sample_rate": 0.1, "steps": 10} if eps else None
@@ -223,3 +223,64 @@ def test_dp_entries_are_labelled_with_epsilon_and_plotted_against_it(tmp_path):
     assert lines["rmia_offline SNN T=4"] == ([0.98, 7.9, 7.9 * 4], [0.50, 0.52, 0.56])  # no DP sits at 4 x the largest
     assert lines["rmia_offline ANN"] == ([7.9, 7.9 * 4], [0.51, 0.53])
     assert (tmp_path / "e.png").stat().st_size > 0
+
+
+def _run_with(seed_values: dict) -> dict:
+    """A study run record of the shape write_study_report stores: two targets per seed."""
+    return {"target": {"kind": "snn", "T": 4}, "attacks": {},
+            "targets": {str(m): {"test_acc": 0.8, "attacks": {"rmia_offline": {"auc": v}}}
+                        for m, v in enumerate(seed_values)}}
+
+
+def test_verdicts_pair_targets_within_seeds_and_use_the_seed_as_the_unit():
+    from study.verdicts import aggregate
+
+    def entry(kind, T, per_seed, converted=False):
+        return {"converted": converted, "references": None, "target": {"kind": kind, "T": T},
+                "seeds": {str(s): _run_with(v) for s, v in per_seed.items()}, "attacks": {}}
+
+    ann = entry("ann", None, {0: [0.60, 0.62], 1: [0.58, 0.60], 2: [0.61, 0.63]})
+    snn1 = entry("snn", 1, {0: [0.61, 0.63], 1: [0.59, 0.61], 2: [0.62, 0.64]})   # ANN + 0.01 everywhere
+    snn4 = entry("snn", 4, {0: [0.65, 0.67], 1: [0.63, 0.66], 2: [0.66, 0.69]})   # T=1 + 0.04..0.05
+    out = aggregate({"entries": {"ann": ann, "snn_T1": snn1, "snn_T4": snn4}})
+    f1 = next(f for f in out["findings"] if f["finding"] == 1 and f["attack"] == "rmia_offline")
+    assert f1["verdict"] == "holds" and f1["n_seeds"] == 3 and abs(f1["mean"] - 0.26 / 6) < 1e-9
+    assert f1["basis"] == "t over 3 seeds"
+    f3 = [f for f in out["findings"] if f["finding"] == 3 and f["attack"] == "rmia_offline"]
+    assert {f["comparison"] for f in f3} == {"snn_T1 - ann", "snn_T4 - ann"}
+    same = next(f for f in f3 if f["comparison"] == "snn_T1 - ann")  # +0.01 in every pair: zero spread
+    assert abs(same["mean"] - 0.01) < 1e-9 and same["verdict"] == "holds"
+    s = out["summary"]["snn_T4"]["attacks"]["rmia_offline"]["auc"]
+    assert s["n_seeds"] == 3 and s["n_values"] == 6 and s["ci"][0] < s["mean"] < s["ci"][1]
+    # reversed: the SNN at the larger T leaks less than at T = 1
+    low = entry("snn", 4, {0: [0.55, 0.56], 1: [0.54, 0.55], 2: [0.56, 0.57]})
+    out = aggregate({"entries": {"snn_T1": snn1, "snn_T4": low}})
+    assert next(f for f in out["findings"] if f["attack"] == "rmia_offline")["verdict"] == "reversed"
+    # one seed: the interval falls back to the targets, and says so
+    one = aggregate({"entries": {"ann": entry("ann", None, {0: [0.6, 0.62, 0.61]})}})
+    assert one["summary"]["ann"]["attacks"]["rmia_offline"]["auc"]["basis"] == "t over the 3 targets of one seed"
+
+
+def test_a_study_with_seeds_trains_each_entry_per_seed_and_reports_verdicts(tmp_path, capsys):
+    rd = tmp_path / "study"
+    cfg = write_study(tmp_path / "s.yaml", rd, seeds=[0, 1])
+    assert study_main(["--config", str(cfg)]) == 0
+    for seed in (0, 1):
+        for name in ("ann", "snn_T1"):
+            done = json.loads((rd / f"seed_{seed}" / name / "model_0" / "done.json").read_text())
+            assert done["plan"]["seed"] == seed and done["hparams"]["kind"] == name[:3]
+            report = json.loads((rd / f"seed_{seed}" / name / "audit" / "report.json").read_text())
+            assert sorted(report["targets"]) == ["0", "1", "2"]  # every model audited as the target
+    study = json.loads((rd / "study" / "report.json").read_text())
+    assert study["seeds"] == [0, 1] and set(study["plans"]) == {"0", "1"}
+    auc = study["summary"]["snn_T1"]["attacks"]["reference_ratio"]["auc"]
+    assert auc["n_seeds"] == 2 and auc["n_values"] == 6 and auc["basis"] == "t over 2 seeds"
+    # with K = 2, models 1 and 2 as targets have unpaired references (0 and the other one), so a
+    # quarter of the samples lack an OUT reference: offline RMIA runs for target 0 only
+    assert study["summary"]["snn_T1"]["attacks"]["rmia_offline"]["auc"]["n_values"] == 2
+    finding = next(f for f in study["findings"] if f["finding"] == 3 and f["attack"] == "rmia_offline")
+    assert finding["comparison"] == "snn_T1 - ann" and finding["verdict"] in ("holds", "reversed", "not resolved at 95%")
+    md = (rd / "study" / "report.md").read_text()
+    assert "## The paper's findings" in md and "snn_T1 - ann" in md and " [" in md
+    assert (rd / "study" / "leakage_vs_T.png").stat().st_size > 10_000
+    capsys.readouterr()

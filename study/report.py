@@ -1,0 +1,406 @@
+"""The study's combined report: run_dir/study/report.json and report.md (every entry's mean
+and 95% interval over seeds x targets, the paper's findings with verdicts), and its plots:
+leakage_vs_T.png (with error bars), leakage_vs_epsilon.png (DP entries), roc_overlay.png and
+auc_per_epoch.png."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from core.rundir import atomic_write
+
+from .verdicts import aggregate, fmt
+
+MAIN_ATTACKS = ("attack_p", "attack_r", "rmia_offline", "lira_online")
+METRICS = (("auc", "AUC"), ("tpr@1%fpr", "TPR@1%FPR"), ("tpr@0.1%fpr", "TPR@0.1%FPR"))
+ROC_ATTACK = "rmia_offline"
+
+
+def main_attack_names(reports: dict[str, dict]) -> list[str]:
+    """rmia_offline etc. and their @dropout variants, in MAIN_ATTACKS order, present in any entry."""
+    present = {n for r in reports.values() for n in r.get("attacks", {})}
+    names = []
+    for base in MAIN_ATTACKS:
+        names += [base] if base in present else []
+        names += sorted(n for n in present if n.startswith(base + "@dropout"))
+    return names
+
+
+def _refs_text(e: dict) -> str:
+    """', refs kind=ann' for an entry with --references overrides, '' otherwise."""
+    refs = e.get("references")
+    return ", refs " + " ".join(f"{k}={v}" for k, v in refs.items()) if refs else ""
+
+
+def _dp_text(e: dict) -> str:
+    """', DP eps=0.99' for a target trained with DP-SGD (the accountant's epsilon), '' otherwise."""
+    dp = e["target"].get("dp")
+    return f", DP eps={dp['epsilon']:.3g}" if dp else ""
+
+
+def _label(e: dict) -> str:
+    t = e["target"]
+    kind = t.get("kind", "?")
+    text = f"{kind}{' converted' if e['converted'] else ''}"
+    if kind == "snn" and t.get("T") is not None:
+        text += f" T={t['T']}"
+    return text + _dp_text(e) + _refs_text(e)
+
+
+def value(study: dict, name: str, attack: str, metric: str) -> dict | None:
+    """An entry's number for one attack setting and metric: {mean, ci, ...} over seeds x targets
+    (the study's summary), or the main target's number when the summary has none."""
+    s = (study.get("summary") or {}).get(name, {}).get("attacks", {}).get(attack, {}).get(metric)
+    if s:
+        return s
+    v = study["entries"][name]["attacks"].get(attack, {}).get(metric)
+    return None if v is None else {"mean": v, "ci": None}
+
+
+def accuracy(study: dict, name: str, key: str = "test_acc") -> dict | None:
+    s = (study.get("summary") or {}).get(name, {}).get("accuracy", {}).get(key)
+    if s:
+        return s
+    v = study["entries"][name]["target"].get(key)
+    return None if v is None else {"mean": v, "ci": None}
+
+
+def _basis(study: dict) -> str:
+    seeds = study.get("seeds") or []
+    if len(seeds) >= 2:
+        return (f"mean over {len(seeds)} seeds x the targets of each run (every model audited in turn as the "
+                f"target), and a 95% interval: Student t over the {len(seeds)} per-seed means (the seed is the "
+                "independent unit; the targets of one seed share its plan)")
+    return ("mean over the targets of the run (every model audited in turn as the target) and a 95% interval: "
+            "Student t over the targets of one seed, which share a plan: a narrow interval, not a seed-to-seed one")
+
+
+def markdown(study: dict) -> str:
+    """The findings with verdicts, then one table per query setting (plain first, then each
+    input-dropout setting): rows are the entries, columns test accuracy and the main attacks'
+    AUC and TPR at low FPR, each a mean with its 95% interval."""
+    entries, attacks = study["entries"], study["main_attacks"]
+    seeds = study.get("seeds")
+    lines = [f"# Study: {study['name']}", "",
+             f"{len(entries)} entries" + (f", each trained and audited for seeds {seeds} (plan and model seeds)"
+                                          if seeds else "") + "; the plan: "
+             + ", ".join(f"{k}={v}" for k, v in study["plan"].items() if k not in ("seed", "content_sha256")) + ".", "",
+             f"Every number: {_basis(study)}.", ""]
+    found = study.get("findings") or []
+    if found:
+        lines += ["## The paper's findings", "",
+                  "Paired differences on the same plan and seed, target by target (the AUC of one attack). "
+                  "Verdict: holds / reversed when the 95% interval excludes 0 on the claimed / other side.", "",
+                  "| finding | comparison | attack | difference in AUC [95% CI] | seeds | verdict |",
+                  "|---|---|---|---|---|---|"]
+        claims = {1: "1: leakage grows with T", 2: "2: dropout queries leak more", 3: "3: SNN not more private"}
+        for f in found:
+            lines.append(f"| {claims[f['finding']]} | {f['comparison']} | {f['attack']} | {fmt(f)} | "
+                         f"{f['n_seeds']} | {f['verdict']} |")
+        lines.append("")
+    settings = list(dict.fromkeys(_split(a)[1] for a in attacks)) or ["plain"]
+    for setting in settings:
+        here = [a for a in attacks if _split(a)[1] == setting]
+        metrics = [(k, h) for k, h in METRICS if any(value(study, n, a, k) for n in entries for a in here)]
+        lines += [f"## Queries: {setting}", ""]
+        head = ["entry", "model", "test acc", "distinct conf."] + [f"{_split(a)[0]} {h}" for a in here for _, h in metrics]
+        lines += ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+        for name, e in entries.items():
+            dc = (e["target"].get("distinct_confidences") or {}).get(setting)
+            row = [name, _label(e), fmt(accuracy(study, name)), f"{dc:.3f}" if dc is not None else ""]
+            row += [fmt(value(study, name, a, k)) or "n/a" for a in here for k, _ in metrics]
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+    lines += ["distinct conf.: distinct confidences of the first seed's main target / N under that query setting "
+              "(low = many ties).",
+              f"Plots: leakage_vs_T.png (AUC and TPR at low FPR against T, with 95% intervals; the ANN as a "
+              f"band), roc_overlay.png ({ROC_ATTACK}, log-log, the first seed's main target), auc_per_epoch.png "
+              f"({ROC_ATTACK} AUC per training epoch). Every entry's own report: <run_dir>[/seed_<s>]/<entry>/audit/.",
+              ""]
+    return "\n".join(lines)
+
+
+def _num(v: dict | None) -> str:
+    return "n/a" if v is None else f"{v['mean']:.4f}"
+
+
+def table(study: dict, width: int | None = None) -> str:
+    """The study's table for the terminal: the findings' verdicts, then per query setting each
+    entry's test accuracy and the main attacks' mean AUC, no wider than the terminal (columns
+    that do not fit are left out and named); report.md has every column and interval."""
+    import shutil
+
+    width = width or shutil.get_terminal_size((120, 24)).columns
+    entries, attacks = study["entries"], study["main_attacks"]
+    out = []
+    for f in study.get("findings") or []:
+        if f["attack"] == ROC_ATTACK:
+            out.append(f"finding {f['finding']}: {f['comparison']}: {fmt(f)} -> {f['verdict']}"[:width])
+    if out:
+        out.append("")
+    for setting in list(dict.fromkeys(_split(a)[1] for a in attacks)) or ["plain"]:
+        here = [a for a in attacks if _split(a)[1] == setting]
+        cols = [("test acc", lambda n: accuracy(study, n))]
+        cols += [(f"{_split(a)[0]} AUC", lambda n, a=a: value(study, n, a, "auc")) for a in here]
+        cols += [(f"{_split(a)[0]} TPR@1%", lambda n, a=a: value(study, n, a, "tpr@1%fpr"))
+                 for a in here if _split(a)[0] == ROC_ATTACK]
+        labels = {name: _label(e) for name, e in entries.items()}
+        w0, w1 = max(5, *map(len, entries)) + 2, max(5, *map(len, labels.values())) + 2
+        fits, used = [], w0 + w1
+        for head, get in cols:
+            w = max(len(head), 6) + 2
+            if used + w > width:
+                break
+            fits.append((head, get, w))
+            used += w
+        out.append(f"queries: {setting}" + (" (means over seeds x targets)" if study.get("summary") else ""))
+        out.append(f"{'entry':<{w0}}{'model':<{w1}}" + "".join(f"{h:>{w}}" for h, _, w in fits))
+        for name in entries:
+            vals = [get(name) for _, get, _ in fits]
+            out.append(f"{name:<{w0}}{labels[name]:<{w1}}"
+                       + "".join(f"{_num(v):>{w}}" for v, (_, _, w) in zip(vals, fits)))
+        if len(fits) < len(cols):
+            out.append(f"(not shown, too wide for {width} columns: {', '.join(h for h, _ in cols[len(fits):])}; "
+                       "every column is in report.md)")
+        out.append("")
+    return "\n".join(out).rstrip()
+
+
+def _split(attack: str) -> tuple[str, str]:
+    base, _, setting = attack.partition("@")
+    return base, setting or "plain"
+
+
+def plot_leakage_vs_T(study: dict, path: Path) -> None:
+    fig = leakage_figure(study)
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
+
+
+def leakage_figure(study: dict):
+    """One panel per (metric, query setting); one colour per attack; SNN entries as lines over T
+    with 95% error bars (solid: trained from scratch, dashed: converted), ANN entries as a
+    dotted line with a shaded band for their interval. Matplotlib's object API (no pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    entries, attacks = study["entries"], study["main_attacks"]
+    settings = list(dict.fromkeys(_split(a)[1] for a in attacks)) or ["plain"]
+    low = "tpr@0.1%fpr" if any(value(study, n, a, "tpr@0.1%fpr") for n in entries for a in attacks) else "tpr@1%fpr"
+    metrics = (("auc", "AUC"), (low, {"tpr@0.1%fpr": "TPR@0.1%FPR", "tpr@1%fpr": "TPR@1%FPR"}[low]))
+    fig = Figure(figsize=(5.2 * len(settings) + 2.5, 7.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(metrics), len(settings), squeeze=False)
+    bases = list(dict.fromkeys(_split(a)[0] for a in attacks))
+    ts = sorted({e["target"]["T"] for e in entries.values() if e["target"].get("kind") == "snn"
+                 and e["target"].get("T") is not None})
+    for row, (metric, title) in enumerate(metrics):
+        for col, setting in enumerate(settings):
+            ax = axes[row][col]
+            for a in attacks:
+                base, s = _split(a)
+                if s != setting:
+                    continue
+                color = f"C{bases.index(base) % 10}"
+                groups: dict[str, list] = {}
+                for name, e in entries.items():
+                    v = value(study, name, a, metric)
+                    if v is None:  # absent, or below this audit's resolution
+                        continue
+                    t = e["target"]
+                    refs = _dp_text(e) + _refs_text(e)  # a DP target is a series of its own
+                    lo, hi = v["ci"] if v.get("ci") else (v["mean"], v["mean"])
+                    if t.get("kind") == "ann":
+                        ax.axhline(v["mean"], color=color, linestyle=":", linewidth=1.4, label=f"{base} ANN{refs}")
+                        if ts and v.get("ci"):
+                            ax.axhspan(lo, hi, color=color, alpha=0.08)
+                    elif t.get("T") is not None:
+                        group = ("SNN converted" if e["converted"] else "SNN") + refs
+                        groups.setdefault(group, []).append((t["T"], v["mean"], lo, hi))
+                for g, pts in groups.items():
+                    pts.sort()
+                    style = {"SNN": ("o", "-"), "SNN converted": ("s", "--")}.get(g, ("^", "-."))
+                    ax.errorbar([q[0] for q in pts], [q[1] for q in pts],
+                                yerr=[[q[1] - q[2] for q in pts], [q[3] - q[1] for q in pts]], capsize=3,
+                                marker=style[0], markersize=7 if len(pts) == 1 else 5, linestyle=style[1],
+                                color=color, label=f"{base} {g}")
+            if ts:
+                ax.set_xticks(ts)
+            ax.set_xlabel("T (time steps)")
+            ax.set_ylabel(title)
+            ax.set_title(f"{title}, query {setting}", fontsize=10)
+            ax.grid(alpha=0.3)
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=7)
+    fig.suptitle(f"Study {study['name']}: leakage against T, mean and 95% interval (ANN dotted, its interval shaded)")
+    return fig
+
+
+def plot_leakage_vs_epsilon(study: dict, path: Path) -> None:
+    """For a study with DP entries: AUC and TPR@0.1%FPR against the accountant's epsilon (log
+    axis; entries trained without DP at the right, as inf), one panel per (metric, query
+    setting), a colour per attack, a line per model (kind, T, references; ANN dotted)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    entries, attacks = study["entries"], study["main_attacks"]
+    eps = [e["target"]["dp"]["epsilon"] for e in entries.values() if e["target"].get("dp")]
+    inf_x = max(eps) * 4  # where "no DP" sits on the log axis
+    settings = list(dict.fromkeys(_split(a)[1] for a in attacks)) or ["plain"]
+    metrics = (("auc", "AUC"), ("tpr@0.1%fpr", "TPR@0.1%FPR"))
+    fig, axes = plt.subplots(len(metrics), len(settings), figsize=(5.2 * len(settings), 7.5), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    bases = list(dict.fromkeys(_split(a)[0] for a in attacks))
+    for row, (metric, title) in enumerate(metrics):
+        for col, setting in enumerate(settings):
+            ax = axes[row][col]
+            for a in (a for a in attacks if _split(a)[1] == setting):
+                base = _split(a)[0]
+                lines: dict[str, list] = {}
+                for e in entries.values():
+                    m = e["attacks"].get(a)
+                    if m is None or metric not in m:
+                        continue
+                    t, dp = e["target"], e["target"].get("dp")
+                    model = (f"{t.get('kind', '?').upper()}{' converted' if e['converted'] else ''}"
+                             + (f" T={t['T']}" if t.get("kind") == "snn" and t.get("T") is not None else "")
+                             + _refs_text(e))
+                    lines.setdefault(model, []).append((dp["epsilon"] if dp else inf_x, m[metric]))
+                for model, pts in lines.items():
+                    pts.sort()
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if "SNN" in model else "s",
+                            linestyle="-" if "SNN" in model else ":", color=colors[bases.index(base) % len(colors)],
+                            label=f"{base} {model}")
+            ax.set_xscale("log")
+            ticks = sorted(set(eps))
+            ax.set_xticks(ticks + [inf_x], [f"{v:.3g}" for v in ticks] + ["no DP"])
+            ax.set_xlabel("epsilon (accountant, after training)")
+            ax.set_ylabel(title)
+            ax.set_title(f"{title}, query {setting}", fontsize=10)
+            ax.grid(alpha=0.3)
+            if row == 0 and col == len(settings) - 1:
+                ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.suptitle(f"Study {study['name']}: leakage against DP-SGD's epsilon")
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def plot_roc_overlay(study: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    positive = [v for e in study["entries"].values() for v in e["curves"].get(ROC_ATTACK, {}).get("fpr", []) if v > 0]
+    floor = min(positive) / 2 if positive else 1e-4
+    for name, e in study["entries"].items():
+        c = e["curves"].get(ROC_ATTACK)
+        if not c:
+            continue
+        fpr = [max(v, floor) for v in c["fpr"]]
+        tpr = [max(v, floor) for v in c["tpr"]]
+        auc = e["attacks"].get(ROC_ATTACK, {}).get("auc")
+        ax.plot(fpr, tpr, label=f"{name} ({_label(e)})" + (f", AUC {auc:.3f}" if auc is not None else ""))
+    ax.plot([floor, 1], [floor, 1], color="gray", linestyle=":", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(floor, 1)
+    ax.set_ylim(floor, 1)
+    ax.set_xlabel("FPR")
+    ax.set_ylabel("TPR")
+    ax.set_title(f"{ROC_ATTACK} ROC, every entry")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=120))
+    plt.close(fig)
+
+
+def plot_epochs(study: dict, path: Path) -> None:
+    """The main target's attack AUC at every audited epoch (the MembershipAttack history), one
+    line per entry, the mean over seeds with a band for their 95% interval: how leakage builds
+    up during training."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from attacks import mean_interval
+
+    fig = Figure(figsize=(8, 4.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for i, (name, e) in enumerate(study["entries"].items()):
+        runs = [r for r in (e.get("seeds") or {}).values() if r and r.get("history")] or [e]
+        by_epoch: dict[int, list[float]] = {}
+        for run in runs:
+            for h in run.get("history") or []:
+                if ROC_ATTACK in h.get("attacks", {}):
+                    by_epoch.setdefault(h["epoch"], []).append(h["attacks"][ROC_ATTACK]["auc"])
+        if not by_epoch:
+            continue
+        epochs = sorted(by_epoch)
+        means = [sum(by_epoch[x]) / len(by_epoch[x]) for x in epochs]
+        color, style = f"C{i % 10}", ("-", "--", "-.", ":")[(i // 10) % 4]
+        ax.plot([x + 1 for x in epochs], means, marker="o", markersize=3, color=color, ls=style,
+                label=f"{name} ({_label(e)})")
+        if all(len(by_epoch[x]) >= 2 for x in epochs):
+            bands = [mean_interval(by_epoch[x], 0.95) for x in epochs]
+            ax.fill_between([x + 1 for x in epochs], [b[0] for b in bands], [b[1] for b in bands], color=color,
+                            alpha=0.12)
+    ax.axhline(0.5, color="gray", linestyle=":", linewidth=1)
+    ax.set_xlabel("epoch (1 = the first)")
+    ax.set_ylabel(f"{ROC_ATTACK} AUC")
+    seeds = study.get("seeds") or []
+    ax.set_title(f"{ROC_ATTACK} AUC of the main target during training"
+                 + (f": mean over {len(seeds)} seeds, 95% band" if len(seeds) >= 2 else ""))
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", fontsize=7)
+    ax.grid(alpha=0.3)
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=120))
+
+
+def write_study_report(spec: dict, plans: dict, reports: dict[tuple, dict], facts: dict[tuple, dict],
+                       seed_dir) -> dict:
+    """Assemble and write the study report from each (entry, seed)'s audit report and done.json
+    facts; `seed_dir(spec, seed)` is where a seed's runs are."""
+    out = Path(spec["run_dir"]) / "study"
+    seeds = spec.get("seeds") or [None]
+    first = seeds[0]
+    args = {e["name"]: e["args"] for e in spec["entries"]}
+    entries = {}
+    for e in spec["entries"]:
+        name = e["name"]
+        r, f = reports[name, first], facts[name, first]
+        entries[name] = {"args": args[name], "converted": f.get("init") == "converted",
+                         "references": f.get("references") or None,
+                         "run_dir": str(seed_dir(spec, first) / name),
+                         "target": r.get("target", {}), "attacks": r.get("attacks", {}),
+                         "skipped": r.get("skipped", {}), "settings": r.get("settings", {}),
+                         "curves": r.get("curves", {}), "history": r.get("history", []),
+                         "seeds": {str(seed): {k: reports[name, seed].get(k) for k in
+                                               ("target", "attacks", "targets", "across_targets", "history")}
+                                   for seed in seeds}}
+    study = {
+        "name": spec["name"],
+        "run_dir": spec["run_dir"],
+        "seeds": spec.get("seeds"),
+        "plan": plans[first],
+        "plans": {str(seed): plan for seed, plan in plans.items()},
+        "base_args": spec["base_args"],
+        "audit_args": spec["audit_args"],
+        "main_attacks": main_attack_names({name: e for name, e in entries.items()}),
+        "entries": entries,
+    }
+    study.update(aggregate(study))
+    atomic_write(out / "report.json", lambda p: p.write_text(json.dumps(study, indent=1) + "\n"))
+    atomic_write(out / "report.md", lambda p: p.write_text(markdown(study)))
+    plot_leakage_vs_T(study, out / "leakage_vs_T.png")
+    if any(e["target"].get("dp") for e in study["entries"].values()):
+        plot_leakage_vs_epsilon(study, out / "leakage_vs_epsilon.png")
+    plot_roc_overlay(study, out / "roc_overlay.png")
+    plot_epochs(study, out / "auc_per_epoch.png")
+    return study
+
+
