@@ -26,7 +26,7 @@ from datamodules import MembershipDataModule
 from lightning_modules import Classifier
 from lightning_modules.privacy import check_trainer
 
-from .console import quiet_lightning
+from .console import interactive, quiet_lightning
 from .fit import fit_run, fresh_trainer_kwargs, own_callbacks, with_atomic_checkpoints
 from .loggers import ConfigToLoggers, make_logger, model_facts_for_logs
 
@@ -186,7 +186,9 @@ class AuditCLI(LightningCLI):
         settings.check_inputs(datamodule.input_frames is not None)
         if self.trainer.global_rank == 0:
             datamodule.prepare_data()  # the plan: written (or checked) once, read by every rank
-        kwargs = dict(latencies=latencies, report_dir=report_dir, targets=targets)
+        # query bars on a terminal only (in a log file they are megabytes of carriage returns)
+        progress = self._cfg.trainer.get("enable_progress_bar") is not False and interactive()
+        kwargs = dict(latencies=latencies, report_dir=report_dir, targets=targets, progress=progress)
         if self.trainer.world_size == 1:
             datamodule.setup("audit")
             run_audit(datamodule, settings, device=self.trainer.strategy.root_device, **kwargs)

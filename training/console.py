@@ -8,6 +8,7 @@ still reaches the user."""
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import time
@@ -38,7 +39,10 @@ class _DropBanners(logging.Filter):
 
 
 def quiet_lightning() -> None:
-    """Install the filters (idempotent)."""
+    """Install the filters (idempotent). In a log file (stderr not a terminal) tqdm's bars,
+    spikingjelly's conversion bar among them, are switched off too (TQDM_DISABLE)."""
+    if not interactive():
+        os.environ.setdefault("TQDM_DISABLE", "1")
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
                  "lightning.fabric.utilities.seed"):
         log = logging.getLogger(name)
