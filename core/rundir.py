@@ -107,30 +107,29 @@ def tensors_sha256(tensors: dict) -> str:
 
 
 # -- one writer per model ---------------------------------------------------------------------
-class ModelLock:
-    """An exclusive lock on model_<k>/ for the process that trains it: fcntl.flock on
-    model_<k>/.lock, so the operating system releases it when the process dies, whatever
-    the way (kill -9 included). The file holds the holder's host and PID for the message a
-    second process gets; the file staying behind means nothing, only the flock counts."""
+class _FileLock:
+    """An fcntl.flock on a file: the operating system releases it when the process dies,
+    whatever the way (kill -9 included); the file staying behind means nothing."""
 
-    def __init__(self, run_dir: str | Path, index: int):
-        self.index = index
-        self.path = model_dir(run_dir, index) / ".lock"
+    blocking = True
+
+    def __init__(self, path: Path):
+        self.path = path
         self._fd: int | None = None
 
-    def __enter__(self) -> "ModelLock":
+    def _busy(self, fd: int) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.blocking else fcntl.LOCK_NB))
         except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise ConfigError(f"model_{self.index} in {self.path.parent.parent} is being trained by {holder}; "
-                              "wait for it to finish, or stop it (one process per model)") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"host {socket.gethostname()}, pid {os.getpid()}, since "
-                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+            try:
+                self._busy(fd)
+            finally:
+                os.close(fd)
         self._fd = fd
         return self
 
@@ -141,25 +140,35 @@ class ModelLock:
             self._fd = None
 
 
-class PlanLock:
-    """Serialises drawing or checking the membership plan of one run directory between
-    processes (a SLURM array's tasks start together): a blocking flock on run_dir/.plan.lock."""
+class ModelLock(_FileLock):
+    """An exclusive lock on model_<k>/ for the process that trains it (model_<k>/.lock). The
+    file holds the holder's host and PID, for the one-line error a second process gets."""
 
-    def __init__(self, run_dir: str | Path):
-        self.path = Path(run_dir) / ".plan.lock"
-        self._fd: int | None = None
+    blocking = False
 
-    def __enter__(self) -> "PlanLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+    def __init__(self, run_dir: str | Path, index: int):
+        super().__init__(model_dir(run_dir, index) / ".lock")
+        self.index = index
+
+    def _busy(self, fd: int) -> None:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        raise ConfigError(f"model_{self.index} in {self.path.parent.parent} is being trained by {holder}; "
+                          "wait for it to finish, or stop it (one process per model)") from None
+
+    def __enter__(self) -> "ModelLock":
+        super().__enter__()
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"host {socket.gethostname()}, pid {os.getpid()}, since "
+                            f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
         return self
 
-    def __exit__(self, *exc) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+
+class PlanLock(_FileLock):
+    """Serialises drawing or checking the membership plan of one run directory between
+    processes (a SLURM array's tasks start together): a blocking lock on run_dir/.plan.lock."""
+
+    def __init__(self, run_dir: str | Path):
+        super().__init__(Path(run_dir) / ".plan.lock")
 
 
 # -- checkpoints ------------------------------------------------------------------------------
