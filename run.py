@@ -20,6 +20,7 @@ study/runner.py, the SLURM scripts cluster/slurm.py.
 
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -42,6 +43,8 @@ def usage() -> str:
 
 def main(args: list[str] | None = None) -> int:
     argv = sys.argv[1:] if args is None else list(args)
+    if not sys.stderr.isatty():  # in a log file, no progress bars (tqdm reads this when it is imported)
+        os.environ.setdefault("TQDM_DISABLE", "1")
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0 if argv else 2

@@ -67,12 +67,16 @@ def test_every_example_config_parses_and_builds_its_network(tmp_path, config):
 
 @pytest.mark.parametrize("config", configs("study"), ids=ids)
 def test_every_study_config_and_each_of_its_entries_parse(tmp_path, config):
+    from study.runner import entry_argv
+
     spec = load_study(config, run_dir=str(tmp_path))
-    assert spec["entries"] and all("${run_dir}" not in a for e in spec["entries"] for a in e["args"])
-    for e in spec["entries"]:  # each entry's flags, as `run.py fit` parses and checks them
-        cfg = parse_config([*spec["base_args"], *e["args"], "--run_dir", str(tmp_path / e["name"]),
-                            "--trainer.accelerator", "cpu"])
-        assert cfg["run_dir"] == str(tmp_path / e["name"])
+    assert spec["entries"]
+    for seed in spec["seeds"] or [None]:
+        for e in spec["entries"]:  # each entry's flags for each seed, as `run.py fit` parses and checks them
+            argv = entry_argv(spec, e, seed)
+            assert all("${run_dir}" not in a for a in argv)
+            cfg = parse_config([*argv, "--trainer.accelerator", "cpu"])
+            assert cfg["run_dir"] == argv[-1] and (seed is None or cfg["data"]["seed"] == seed)
 
 
 @pytest.mark.parametrize("config", configs("slurm"), ids=ids)
