@@ -59,8 +59,10 @@ def across_targets(per_target: dict[int, dict[str, dict]]) -> dict[str, dict]:
             if not values:
                 continue
             lo, hi = mean_interval(values, CONFIDENCE) if len(values) >= 2 else (math.nan, math.nan)
+            # the t-interval knows no range: clip it to the metric's ([0, 1], eps_lb >= 0)
+            top = math.inf if key == "eps_lb" else 1.0
             row[key] = {"mean": sum(values) / len(values), "n": len(values), "values": values,
-                        "ci": None if math.isnan(lo) else [float(lo), float(hi)]}
+                        "ci": None if math.isnan(lo) else [max(0.0, float(lo)), min(top, float(hi))]}
         out[name] = row
     return out
 
