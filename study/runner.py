@@ -190,7 +190,26 @@ def parser() -> argparse.ArgumentParser:
                 "membership plan; write run_dir/study/report.{json,md} and plots.")
     p.add_argument("--config", required=True, help="study YAML (configs/study/*.yml)")
     p.add_argument("--run_dir", default=None, help="override the study file's run_dir")
+    p.add_argument("--seeds", default=None, help="run and report only these of the file's seeds, comma-separated "
+                   "(e.g. 0 or 0,1): one seed per job on a cluster, or a first look; the rest resume later")
     return p
+
+
+def select_seeds(spec: dict, value: str | None) -> dict:
+    """The study restricted to `--seeds` (checked against the file's `seeds`)."""
+    if value is None:
+        return spec
+    if not spec.get("seeds"):
+        raise StudyError(f"--seeds {value!r}: study {spec['name']!r} has no `seeds` key; remove --seeds")
+    try:
+        chosen = [int(x) for x in value.split(",")]
+    except ValueError:
+        raise StudyError(f"--seeds expects comma-separated integers from the study's seeds {spec['seeds']}, "
+                         f"got {value!r}") from None
+    unknown = [x for x in chosen if x not in spec["seeds"]]
+    if unknown or len(set(chosen)) != len(chosen):
+        raise StudyError(f"--seeds {value!r}: each must be one of the study's seeds {spec['seeds']}, once")
+    return {**spec, "seeds": [x for x in spec["seeds"] if x in chosen]}
 
 
 def run_study(spec: dict) -> dict:
@@ -229,10 +248,10 @@ def run_study(spec: dict) -> dict:
 
 
 def study_main(argv: list[str]) -> int:
-    """`run.py study --config FILE [--run_dir DIR]`: 0 done, 2 bad input (nothing written), 1 a run failed."""
+    """`run.py study --config FILE [--run_dir DIR] [--seeds 0,1]`: 0 done, 2 bad input (nothing written), 1 a run failed."""
     try:
         flags = parser().parse_args(argv)
-        spec = load_study(flags.config, flags.run_dir)
+        spec = select_seeds(load_study(flags.config, flags.run_dir), flags.seeds)
     except StudyError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -86,15 +86,22 @@ def test_the_reference_array_the_target_and_the_audit_run_in_order(tmp_path, cap
     assert all(0 <= m["auc"] <= 1 for m in report["attacks"].values())
 
 
-def test_a_target_requeued_mid_training_resumes_and_finishes(tmp_path, capsys):
+def test_a_target_requeued_mid_training_resumes_and_finishes(tmp_path, capsys, monkeypatch):
     rd = tmp_path / "run"
+    # The signal arrives while epoch 1 runs (epoch 0 is checkpointed): the job sleeps there for longer
+    # than SLURM's KillWait, so the requeued copy, not the signalled one, finishes the training.
+    # Without the window a tiny model may finish in KillWait (SIGTERM is Lightning's to ignore here).
+    monkeypatch.setenv("SNN_MIA_PAUSE_AT", "batch:model_0:1:0")
+    monkeypatch.setenv("SNN_MIA_PAUSE_S", "15")
     ids = submit(capsys, "--run_dir", str(rd), *TINY[2:], "--data.num_references", "0", "--trainer.max_epochs", "12")
     jid = ids["target"]
     last = rd / "model_0" / "checkpoints" / "last.ckpt"
     end = time.time() + 300
-    while not last.is_file():  # at least one epoch done: the requeue must not start from scratch
+    logs = lambda: "\n".join(p.read_text() for p in (rd / "slurm").glob("*.out"))  # noqa: E731
+    while "pausing" not in logs():  # in epoch 1: the requeue must not start from scratch
         assert time.time() < end and job(jid).get("JobState") in ("PENDING", "RUNNING"), job(jid)
         time.sleep(1)
+    assert last.is_file()
     subprocess.run(["scancel", "--signal=USR1", jid], check=True)  # what SLURM sends before the time limit
     end = time.time() + 120
     while job(jid).get("Restarts", "0") == "0":
