@@ -284,3 +284,21 @@ def test_a_study_with_seeds_trains_each_entry_per_seed_and_reports_verdicts(tmp_
     assert "## The paper's findings" in md and "snn_T1 - ann" in md and " [" in md
     assert (rd / "study" / "leakage_vs_T.png").stat().st_size > 10_000
     capsys.readouterr()
+    # --seeds: a subset of the file's seeds, trained nothing new here, reported alone
+    before = checkpoint_mtimes(rd)
+    assert study_main(["--config", str(cfg), "--seeds", "1"]) == 0
+    assert checkpoint_mtimes(rd) == before
+    assert json.loads((rd / "study" / "report.json").read_text())["seeds"] == [1]
+    capsys.readouterr()
+    for bad in ("3", "0,0", "one"):
+        assert study_main(["--config", str(cfg), "--seeds", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: --seeds") and "[0, 1]" in err and len(err.splitlines()) == 1
+    assert checkpoint_mtimes(rd) == before
+
+
+def test_seeds_flag_is_refused_for_a_study_without_seeds(tmp_path, capsys):
+    cfg = write_study(tmp_path / "s.yaml", tmp_path / "study")
+    assert study_main(["--config", str(cfg), "--seeds", "0"]) == 2
+    assert "has no `seeds` key" in capsys.readouterr().err
+    assert not (tmp_path / "study").exists()
