@@ -10,7 +10,7 @@ from pathlib import Path
 
 from core.rundir import atomic_write
 
-from .verdicts import aggregate, fmt
+from .verdicts import aggregate, fmt, target_values
 
 MAIN_ATTACKS = ("attack_p", "attack_r", "rmia_offline", "lira_online")
 METRICS = (("auc", "AUC"), ("tpr@1%fpr", "TPR@1%FPR"), ("tpr@0.1%fpr", "TPR@0.1%FPR"))
@@ -112,6 +112,7 @@ def markdown(study: dict) -> str:
             row += [fmt(value(study, name, a, k)) or "n/a" for a in here for k, _ in metrics]
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
+    lines += dp_section(study)
     lines += ["distinct conf.: distinct confidences of the first seed's main target / N under that query setting "
               "(low = many ties).",
               f"Plots: leakage_vs_T.png (AUC and TPR at low FPR against T, with 95% intervals; the ANN as a "
@@ -119,6 +120,48 @@ def markdown(study: dict) -> str:
               f"({ROC_ATTACK} AUC per training epoch). Every entry's own report: <run_dir>[/seed_<s>]/<entry>/audit/.",
               ""]
     return "\n".join(lines)
+
+
+def largest_eps_lb(entry: dict) -> tuple[float, str] | None:
+    """The largest empirical epsilon lower bound of an entry over every attack setting, target
+    and seed, and where it came from ("rmia_offline, target 2, seed 0")."""
+    best = None
+    for seed, run in (entry.get("seeds") or {}).items():
+        for m, attacks in target_values(run).items():
+            for name, metrics in attacks.items():
+                v = metrics.get("eps_lb") if isinstance(metrics, dict) else None
+                if v is not None and (best is None or v > best[0]):
+                    best = (float(v), f"{name}, target {m}" + (f", seed {seed}" if seed != "None" else ""))
+    return best
+
+
+def dp_section(study: dict) -> list[str]:
+    """For a study with DP entries: each entry's accountant epsilon against the largest
+    empirical lower bound any attack found, with the check that the bound stays below it."""
+    entries = study["entries"]
+    if not any(e["target"].get("dp") for e in entries.values()):
+        return []
+    lines = ["## DP: the accountant's epsilon against the empirical lower bound", "",
+             "eps_lb: the largest of the audits' 95% lower bounds on epsilon (at the audit's delta) over every "
+             "attack, query setting, target and seed. Each is a 95% bound on its own; the largest of many is "
+             "not, so read it as an upper view of what the attacks show. A DP entry whose eps_lb exceeds its "
+             "epsilon is flagged: a bug in the DP training, or a broken assumption.", "",
+             "| entry | model | epsilon (accountant) | delta | noise multiplier | sample rate | steps | test acc "
+             "| eps_lb (largest) | from | eps_lb <= epsilon |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, e in entries.items():
+        dp = e["target"].get("dp")
+        best = largest_eps_lb(e)
+        lb = f"{best[0]:.3f}" if best else "n/a"
+        where = best[1] if best and best[0] > 0 else "every attack: 0" if best else ""
+        if dp:
+            ok = "n/a" if best is None else "yes" if best[0] <= dp["epsilon"] + 1e-9 else "**NO: check the DP training**"
+            cells = [f"{dp['epsilon']:.3g}", f"{dp['delta']:g}", f"{dp['noise_multiplier']:.3g}",
+                     f"{dp['sample_rate']:.3g}", str(dp["steps"])]
+        else:
+            ok, cells = "(no DP)", ["inf (no DP)", "", "", "", ""]
+        lines.append("| " + " | ".join([name, _label(e), *cells, fmt(accuracy(study, name)), lb, where, ok]) + " |")
+    return lines + [""]
 
 
 def _num(v: dict | None) -> str:

@@ -54,12 +54,24 @@ def _interval(per_seed: dict[str, list[float]]) -> tuple[list[float] | None, str
     return None, "one value"
 
 
-def summarize(values: dict[str, list[float]]) -> dict | None:
-    """{mean, ci, n_seeds, n_values, basis} of values by seed."""
+def bounds(metric: str) -> tuple[float, float]:
+    """The range a metric's interval is clipped to: a t-interval knows nothing of [0, 1]."""
+    return (0.0, math.inf) if metric == "eps_lb" else (0.0, 1.0)
+
+
+def summarize(values: dict[str, list[float]], own_ci: list | None = None,
+              limits: tuple[float, float] = (-math.inf, math.inf)) -> dict | None:
+    """{mean, ci, n_seeds, n_values, basis} of values by seed. `own_ci`: the one value's own
+    interval (the audit's DeLong or bootstrap interval of one target), used when there is a
+    single value; intervals are clipped to `limits`."""
     flat = [x for v in values.values() for x in v]
     if not flat:
         return None
     ci, basis = _interval(values)
+    if ci is None and len(flat) == 1 and own_ci is not None and None not in own_ci:
+        ci, basis = [float(own_ci[0]), float(own_ci[1])], "the one target's own interval (its audit's)"
+    if ci is not None and not any(math.isnan(c) for c in ci):
+        ci = [max(limits[0], min(limits[1], c)) for c in ci]
     return {"mean": sum(flat) / len(flat), "ci": ci, "n_seeds": sum(1 for v in values.values() if v),
             "n_values": len(flat), "basis": basis}
 
@@ -75,7 +87,9 @@ def entry_summary(entry: dict) -> dict:
         for key in METRICS:
             values = {seed: [float(t[name][key]) for t in target_values(run).values()
                              if t.get(name, {}).get(key) is not None] for seed, run in runs.items()}
-            s = summarize(values)
+            own = [t[name].get(f"{key}_ci") for run in runs.values() for t in target_values(run).values()
+                   if t.get(name, {}).get(key) is not None]
+            s = summarize(values, own[0] if len(own) == 1 else None, bounds(key))
             if s:
                 row[key] = s
         out[name] = row
@@ -87,7 +101,7 @@ def entry_summary(entry: dict) -> dict:
                 values[seed] = [float(t[key]) for t in run["targets"].values() if t.get(key) is not None]
             elif (run.get("target") or {}).get(key) is not None:
                 values[seed] = [float(run["target"][key])]
-        s = summarize(values)
+        s = summarize(values, limits=(-1.0, 1.0) if key == "acc_gap" else (0.0, 1.0))
         if s:
             acc[key] = s
     return {"attacks": out, "accuracy": acc}

@@ -302,3 +302,34 @@ def test_seeds_flag_is_refused_for_a_study_without_seeds(tmp_path, capsys):
     assert study_main(["--config", str(cfg), "--seeds", "0"]) == 2
     assert "has no `seeds` key" in capsys.readouterr().err
     assert not (tmp_path / "study").exists()
+
+
+def test_dp_section_checks_every_targets_eps_lb_against_the_accountant():
+    """The study's DP table takes the largest eps_lb over attacks, targets and seeds, and flags a
+    DP entry whose bound exceeds the accountant's epsilon."""
+    from study.report import dp_section
+
+    def entry(eps, lbs):
+        dp = {"epsilon": eps, "delta": 1e-5, "noise_multiplier": 1.1, "sample_rate": 0.06, "steps": 160}
+        targets = {str(m): {"attacks": {"rmia_offline": {"auc": 0.5, "eps_lb": lb}, "attack_p": {"auc": 0.5, "eps_lb": 0.0}}}
+                   for m, lb in enumerate(lbs)}
+        return {"converted": False, "references": None, "target": {"kind": "ann", "dp": dp, "test_acc": 0.8},
+                "attacks": {}, "seeds": {"None": {"targets": targets}}}
+    study = {"entries": {"fine": entry(1.0, [0.2, 0.9, 0.0]), "broken": entry(1.0, [0.1, 1.7, 0.3])}}
+    rows = {line.split(" | ")[0][2:]: line for line in dp_section(study) if line.startswith("| ")}
+    assert "| 0.900 | rmia_offline, target 1 | yes |" in rows["fine"]
+    assert "| 1.700 | rmia_offline, target 1 | **NO" in rows["broken"]
+
+
+def test_study_intervals_stay_in_range_and_one_target_keeps_its_own_interval():
+    from study.verdicts import entry_summary
+
+    run = {"targets": {"0": {"test_acc": 0.9, "attacks": {"rmia_offline": {"auc": 0.61, "auc_ci": [0.58, 0.64]},
+                                                          "attack_p": {"auc": 0.5, "tpr@1%fpr": 0.0}}},
+                       "1": {"test_acc": 0.9, "attacks": {"attack_p": {"auc": 0.5, "tpr@1%fpr": 0.02}}},
+                       "2": {"test_acc": 0.9, "attacks": {"attack_p": {"auc": 0.5, "tpr@1%fpr": 0.0}}}}}
+    s = entry_summary({"seeds": {"0": run}})
+    assert s["attacks"]["rmia_offline"]["auc"]["ci"] == [0.58, 0.64]  # one target: its own DeLong interval
+    assert "own interval" in s["attacks"]["rmia_offline"]["auc"]["basis"]
+    tpr = s["attacks"]["attack_p"]["tpr@1%fpr"]
+    assert tpr["ci"][0] == 0.0 and tpr["ci"][1] > 0.02  # the t-interval would go below 0
