@@ -215,6 +215,21 @@ def _split(attack: str) -> tuple[str, str]:
     return base, setting or "plain"
 
 
+def _dodged_errorbar(ax, pts: list, i: int, n: int, **kw) -> None:
+    """Error bars for pts = [(x, mean, lo, hi), ...], drawn as series i of n a few points left or
+    right of their x so that bars at the same x stay apart; the data (and what a test reads back)
+    keep their exact x. The axes' limits are widened by hand: matplotlib's autoscaling skips
+    artists drawn with a transform of their own."""
+    from matplotlib.transforms import ScaledTranslation
+
+    shift = ScaledTranslation((i - (n - 1) / 2) * 2.5 / 72, 0, ax.figure.dpi_scale_trans)
+    ax.errorbar([q[0] for q in pts], [q[1] for q in pts],
+                yerr=[[q[1] - q[2] for q in pts], [q[3] - q[1] for q in pts]], capsize=3,
+                transform=ax.transData + shift, **kw)
+    ax.update_datalim([(q[0], q[2]) for q in pts] + [(q[0], q[3]) for q in pts])
+    ax.autoscale_view()
+
+
 def plot_leakage_vs_T(study: dict, path: Path) -> None:
     fig = leakage_figure(study)
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
@@ -260,13 +275,12 @@ def leakage_figure(study: dict):
                     elif t.get("T") is not None:
                         group = ("SNN converted" if e["converted"] else "SNN") + refs
                         groups.setdefault(group, []).append((t["T"], v["mean"], lo, hi))
-                for g, pts in groups.items():
+                for i, (g, pts) in enumerate(groups.items()):
                     pts.sort()
                     style = {"SNN": ("o", "-"), "SNN converted": ("s", "--")}.get(g, ("^", "-."))
-                    ax.errorbar([q[0] for q in pts], [q[1] for q in pts],
-                                yerr=[[q[1] - q[2] for q in pts], [q[3] - q[1] for q in pts]], capsize=3,
-                                marker=style[0], markersize=7 if len(pts) == 1 else 5, linestyle=style[1],
-                                color=color, label=f"{base} {g}")
+                    _dodged_errorbar(ax, pts, bases.index(base) * len(groups) + i, len(bases) * len(groups),
+                                     marker=style[0], markersize=7 if len(pts) == 1 else 5, linestyle=style[1],
+                                     color=color, label=f"{base} {g}")
             if ts:
                 ax.set_xticks(ts)
             ax.set_xlabel("T (time steps)")
@@ -280,21 +294,26 @@ def leakage_figure(study: dict):
 
 
 def plot_leakage_vs_epsilon(study: dict, path: Path) -> None:
-    """For a study with DP entries: AUC and TPR@0.1%FPR against the accountant's epsilon (log
-    axis; entries trained without DP at the right, as inf), one panel per (metric, query
-    setting), a colour per attack, a line per model (kind, T, references; ANN dotted)."""
-    import matplotlib
+    fig = leakage_epsilon_figure(study)
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def leakage_epsilon_figure(study: dict):
+    """For a study with DP entries: AUC and TPR@0.1%FPR against the accountant's epsilon (log
+    axis; entries trained without DP at the right, as "no DP"), one panel per (metric, query
+    setting), a colour per attack, a line per model (kind, T, references; ANN dotted), each point
+    the mean over seeds x targets with its 95% error bar. Matplotlib's object API (no pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     entries, attacks = study["entries"], study["main_attacks"]
     eps = [e["target"]["dp"]["epsilon"] for e in entries.values() if e["target"].get("dp")]
     inf_x = max(eps) * 4  # where "no DP" sits on the log axis
     settings = list(dict.fromkeys(_split(a)[1] for a in attacks)) or ["plain"]
     metrics = (("auc", "AUC"), ("tpr@0.1%fpr", "TPR@0.1%FPR"))
-    fig, axes = plt.subplots(len(metrics), len(settings), figsize=(5.2 * len(settings), 7.5), squeeze=False)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig = Figure(figsize=(5.2 * len(settings) + 2.5, 7.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(metrics), len(settings), squeeze=False)
     bases = list(dict.fromkeys(_split(a)[0] for a in attacks))
     for row, (metric, title) in enumerate(metrics):
         for col, setting in enumerate(settings):
@@ -302,33 +321,34 @@ def plot_leakage_vs_epsilon(study: dict, path: Path) -> None:
             for a in (a for a in attacks if _split(a)[1] == setting):
                 base = _split(a)[0]
                 lines: dict[str, list] = {}
-                for e in entries.values():
-                    m = e["attacks"].get(a)
-                    if m is None or metric not in m:
+                for name, e in entries.items():
+                    v = value(study, name, a, metric)
+                    if v is None:  # absent, or below this audit's resolution
                         continue
                     t, dp = e["target"], e["target"].get("dp")
                     model = (f"{t.get('kind', '?').upper()}{' converted' if e['converted'] else ''}"
                              + (f" T={t['T']}" if t.get("kind") == "snn" and t.get("T") is not None else "")
                              + _refs_text(e))
-                    lines.setdefault(model, []).append((dp["epsilon"] if dp else inf_x, m[metric]))
-                for model, pts in lines.items():
+                    lo, hi = v["ci"] if v.get("ci") else (v["mean"], v["mean"])
+                    lines.setdefault(model, []).append((dp["epsilon"] if dp else inf_x, v["mean"], lo, hi))
+                for i, (model, pts) in enumerate(lines.items()):
                     pts.sort()
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if "SNN" in model else "s",
-                            linestyle="-" if "SNN" in model else ":", color=colors[bases.index(base) % len(colors)],
-                            label=f"{base} {model}")
+                    snn = "SNN" in model
+                    _dodged_errorbar(ax, pts, bases.index(base) * len(lines) + i, len(bases) * len(lines),
+                                     marker="o" if snn else "s", linestyle="-" if snn else ":",
+                                     color=f"C{bases.index(base) % 10}", label=f"{base} {model}")
             ax.set_xscale("log")
             ticks = sorted(set(eps))
             ax.set_xticks(ticks + [inf_x], [f"{v:.3g}" for v in ticks] + ["no DP"])
+            ax.minorticks_off()
             ax.set_xlabel("epsilon (accountant, after training)")
             ax.set_ylabel(title)
             ax.set_title(f"{title}, query {setting}", fontsize=10)
             ax.grid(alpha=0.3)
-            if row == 0 and col == len(settings) - 1:
-                ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    fig.suptitle(f"Study {study['name']}: leakage against DP-SGD's epsilon")
-    fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110, bbox_inches="tight"))
-    plt.close(fig)
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=7)
+    fig.suptitle(f"Study {study['name']}: leakage against DP-SGD's epsilon, mean and 95% interval")
+    return fig
 
 
 def plot_roc_overlay(study: dict, path: Path) -> None:

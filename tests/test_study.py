@@ -213,16 +213,21 @@ def test_dp_entries_are_labelled_with_epsilon_and_plotted_against_it(tmp_path):
     assert rows["snn_eps1"].startswith("| snn_eps1 | snn T=4, DP eps=0.98 |")
     assert rows["snn_nodp"].startswith("| snn_nodp | snn T=4 |")
 
-    import matplotlib.pyplot as plt
-    from unittest import mock
-    with mock.patch.object(plt, "close"):
-        plot_leakage_vs_epsilon(study, tmp_path / "e.png")
-        ax = plt.gcf().axes[0]
-    lines = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()}
-    plt.close("all")
+    from study.report import leakage_epsilon_figure
+
+    plot_leakage_vs_epsilon(study, tmp_path / "e.png")
+    ax = leakage_epsilon_figure(study).axes[0]
+    lines = {c.get_label(): (list(c.lines[0].get_xdata()), list(c.lines[0].get_ydata())) for c in ax.containers}
     assert lines["rmia_offline SNN T=4"] == ([0.98, 7.9, 7.9 * 4], [0.50, 0.52, 0.56])  # no DP sits at 4 x the largest
     assert lines["rmia_offline ANN"] == ([7.9, 7.9 * 4], [0.51, 0.53])
     assert (tmp_path / "e.png").stat().st_size > 0
+
+    # With a multi-seed summary, each point is the summary's mean and its bar spans the summary's interval.
+    study["summary"] = {"snn_eps8": {"attacks": {"rmia_offline": {"auc": {"mean": 0.53, "ci": [0.51, 0.57]}}}}}
+    c = next(c for c in leakage_epsilon_figure(study).axes[0].containers if c.get_label() == "rmia_offline SNN T=4")
+    assert list(c.lines[0].get_ydata()) == [0.50, 0.53, 0.56]
+    segments = c.lines[2][0].get_segments()  # one vertical bar per point, in x order
+    assert [tuple(seg[:, 1]) for seg in segments] == [(0.50, 0.50), (0.51, 0.57), (0.56, 0.56)]
 
 
 def _run_with(seed_values: dict) -> dict:
