@@ -99,6 +99,7 @@ def markdown(study: dict) -> str:
             lines.append(f"| {claims[f['finding']]} | {f['comparison']} | {f['attack']} | {fmt(f)} | "
                          f"{f['n_seeds']} | {f['verdict']} |")
         lines.append("")
+    lines += accuracy_section(study)
     settings = list(dict.fromkeys(_split(a)[1] for a in attacks)) or ["plain"]
     for setting in settings:
         here = [a for a in attacks if _split(a)[1] == setting]
@@ -120,6 +121,20 @@ def markdown(study: dict) -> str:
               f"({ROC_ATTACK} AUC per training epoch). Every entry's own report: <run_dir>[/seed_<s>]/<entry>/audit/.",
               ""]
     return "\n".join(lines)
+
+
+def accuracy_section(study: dict) -> list[str]:
+    """Each entry's train accuracy (on the target's members), test accuracy (on the population)
+    and their gap, each a mean with its 95% interval on the study's basis: how well each model
+    learned and how much it overfit, beside how much it leaks."""
+    lines = ["## Accuracy", "",
+             "train acc: on the target's own members; test acc: on the population (never trained on); "
+             "gap: train - test, per target, then averaged.", "",
+             "| entry | model | train acc | test acc | gap |", "|---|---|---|---|---|"]
+    for name, e in study["entries"].items():
+        cells = [fmt(accuracy(study, name, key)) or "n/a" for key in ("train_acc", "test_acc", "acc_gap")]
+        lines.append(f"| {name} | {_label(e)} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def largest_eps_lb(entry: dict) -> tuple[float, str] | None:

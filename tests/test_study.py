@@ -338,3 +338,28 @@ def test_study_intervals_stay_in_range_and_one_target_keeps_its_own_interval():
     assert "own interval" in s["attacks"]["rmia_offline"]["auc"]["basis"]
     tpr = s["attacks"]["attack_p"]["tpr@1%fpr"]
     assert tpr["ci"][0] == 0.0 and tpr["ci"][1] > 0.02  # the t-interval would go below 0
+
+
+def test_report_states_train_and_test_accuracy_and_gap_with_intervals():
+    """The study's report.md has an accuracy table: each entry's train and test accuracy and gap,
+    averaged over seeds x targets with the 95% interval over the per-seed means."""
+    from study.report import markdown
+    from study.verdicts import aggregate
+
+    def run(accs):  # one seed: (train, test) per target
+        return {"target": {"kind": "ann"}, "attacks": {},
+                "targets": {str(m): {"train_acc": tr, "test_acc": te, "acc_gap": tr - te,
+                                     "attacks": {"rmia_offline": {"auc": 0.6}}} for m, (tr, te) in enumerate(accs)}}
+    seeds = {"0": run([(0.95, 0.85), (0.93, 0.85)]), "1": run([(0.92, 0.86), (0.94, 0.84)]),
+             "2": run([(0.96, 0.83), (0.94, 0.87)])}
+    study = {"name": "acc", "plan": {"seed": 0}, "seeds": [0, 1, 2], "main_attacks": ["rmia_offline"],
+             "entries": {"ann": {"args": [], "converted": False, "references": None, "attacks": {},
+                                 "target": {"kind": "ann", "train_acc": 0.95, "test_acc": 0.85}, "seeds": seeds}}}
+    study.update(aggregate(study))
+    md = markdown(study).splitlines()
+    head = md.index("| entry | model | train acc | test acc | gap |")
+    row = md[head + 2]
+    # per-seed means: train 0.94, 0.93, 0.95 (mean 0.94); test 0.85, 0.85, 0.85; gap 0.09, 0.08, 0.10
+    # t(0.975, 2) = 4.303; sd of (0.94, 0.93, 0.95) = 0.01, so the half-width is 4.303 * 0.01 / sqrt(3) = 0.0248
+    assert row == "| ann | ann | 0.940 [0.915, 0.965] | 0.850 [0.850, 0.850] | 0.090 [0.065, 0.115] |"
+    assert md.index("## Accuracy") < md.index("## Queries: plain")
