@@ -407,7 +407,7 @@ def plot_epochs(study: dict, path: Path) -> None:
 
     from attacks import mean_interval
 
-    fig = Figure(figsize=(8, 4.8), layout="constrained")
+    fig = Figure(figsize=(8, 6), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     for i, (name, e) in enumerate(study["entries"].items()):
@@ -432,9 +432,9 @@ def plot_epochs(study: dict, path: Path) -> None:
     ax.set_xlabel("epoch (1 = the first)")
     ax.set_ylabel(f"{ROC_ATTACK} AUC")
     seeds = study.get("seeds") or []
-    ax.set_title(f"{ROC_ATTACK} AUC of the main target during training"
-                 + (f": mean over {len(seeds)} seeds, 95% band" if len(seeds) >= 2 else ""))
-    fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", fontsize=7)
+    fig.suptitle(f"{ROC_ATTACK} AUC of the main target during training"
+                 + (f": mean over {len(seeds)} seeds, 95% band" if len(seeds) >= 2 else ""), fontsize=11)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=7)
     ax.grid(alpha=0.3)
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=120))
 
