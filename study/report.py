@@ -230,6 +230,12 @@ def _split(attack: str) -> tuple[str, str]:
     return base, setting or "plain"
 
 
+def _point(x, v: dict) -> tuple:
+    """(x, mean, lo, hi) of a summary for an error bar; a number without an interval has no bar."""
+    lo, hi = v["ci"] if v.get("ci") else (v["mean"], v["mean"])
+    return x, v["mean"], lo, hi
+
+
 def _dodged_errorbar(ax, pts: list, i: int, n: int, **kw) -> None:
     """Error bars for pts = [(x, mean, lo, hi), ...], drawn as series i of n a few points left or
     right of their x so that bars at the same x stay apart; the data (and what a test reads back)
@@ -282,14 +288,13 @@ def leakage_figure(study: dict):
                         continue
                     t = e["target"]
                     refs = _dp_text(e) + _refs_text(e)  # a DP target is a series of its own
-                    lo, hi = v["ci"] if v.get("ci") else (v["mean"], v["mean"])
                     if t.get("kind") == "ann":
                         ax.axhline(v["mean"], color=color, linestyle=":", linewidth=1.4, label=f"{base} ANN{refs}")
                         if ts and v.get("ci"):
-                            ax.axhspan(lo, hi, color=color, alpha=0.08)
+                            ax.axhspan(*v["ci"], color=color, alpha=0.08)
                     elif t.get("T") is not None:
                         group = ("SNN converted" if e["converted"] else "SNN") + refs
-                        groups.setdefault(group, []).append((t["T"], v["mean"], lo, hi))
+                        groups.setdefault(group, []).append(_point(t["T"], v))
                 for i, (g, pts) in enumerate(groups.items()):
                     pts.sort()
                     style = {"SNN": ("o", "-"), "SNN converted": ("s", "--")}.get(g, ("^", "-."))
@@ -344,8 +349,7 @@ def leakage_epsilon_figure(study: dict):
                     model = (f"{t.get('kind', '?').upper()}{' converted' if e['converted'] else ''}"
                              + (f" T={t['T']}" if t.get("kind") == "snn" and t.get("T") is not None else "")
                              + _refs_text(e))
-                    lo, hi = v["ci"] if v.get("ci") else (v["mean"], v["mean"])
-                    lines.setdefault(model, []).append((dp["epsilon"] if dp else inf_x, v["mean"], lo, hi))
+                    lines.setdefault(model, []).append(_point(dp["epsilon"] if dp else inf_x, v))
                 for i, (model, pts) in enumerate(lines.items()):
                     pts.sort()
                     snn = "SNN" in model
