@@ -13,7 +13,9 @@ query strategy, at the largest latency not yet cached, and read out after t step
 each t (audit/cache.py); a Poisson-encoded one runs once per latency. Report rows are
 `<attack>[@<query>],T<t>` for t != the trained T, the plain name at the trained T. With
 two or more latencies, report.json gets `latency`: {attack setting: {t, auc,
-tpr@0.1%fpr}} and audit/latency.png plots both against t."""
+tpr@0.1%fpr}} and audit/latency.png plots both against t; with several targets (`--targets`)
+each setting also gets `across_targets`, the mean over the targets and its 95% interval at
+every t, and latency.png plots those with error bars."""
 
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from .engine import Audit, model_facts, rotate, target_signals_cached
 from .report import LATENCY_METRICS
 from .scoring import below_resolution, distinct_fraction, setting_name
 from .settings import AuditSettings, check_latencies, check_report_dir, check_targets
+from .stats import across_targets
 
 
 def check_audit(run_dir, target_index: int, settings: AuditSettings, latencies=None, report_dir=None,
@@ -104,13 +107,13 @@ def run_audit(dm, settings: AuditSettings, *, latencies=None, report_dir=None, t
             metrics.update({setting_name(n, s.name, shown): m for n, m in result.items()})
             t = trained_T if latency is None else latency
             for n, m in result.items():
-                series.setdefault(setting_name(n, s.name), []).append((t, m))
+                series.setdefault(setting_name(n, s.name), []).append((t, m, setting_name(n, s.name, shown)))
     latency_series = {}
     if len({trained_T if lat is None else lat for lat in lats}) >= 2:
         for name, points in series.items():
             points.sort(key=lambda p: p[0])
-            latency_series[name] = {"t": [t for t, _ in points],
-                                    **{k: [float(m[k]) for _, m in points] for k in LATENCY_METRICS
+            latency_series[name] = {"t": [t for t, _, _ in points],
+                                    **{k: [float(m[k]) for _, m, _ in points] for k in LATENCY_METRICS
                                        if k not in below_resolution(audit.num_nonmembers)}}
     rotated = None
     if len(checked["targets"]) > 1:  # every listed model in turn as the target, from the signals above
@@ -125,12 +128,29 @@ def run_audit(dm, settings: AuditSettings, *, latencies=None, report_dir=None, t
                     rotated[m] = result
                 else:
                     rotated[m]["attacks"].update(result["attacks"])
+    if latency_series and rotated:
+        add_across_targets(latency_series, series, rotated)
     out = checked["report_dir"] or audit_dir(run_dir)
     return audit.write_report(out, metrics, facts=model_facts(done), epoch=done.get("epochs", 0) - 1, acc=acc,
                               history=training_history(run_dir, target_index),
                               extra_target={"distinct_confidences": distinct, "dp": done.get("dp")},
                               extra_settings={"latencies": list(checked["latencies"] or []), "signal_cache": stats},
                               latency=latency_series or None, targets=rotated)
+
+
+def add_across_targets(latency_series: dict, points: dict, rotated: dict) -> None:
+    """With several targets, each latency series also gets, per t, the mean over the targets and
+    its 95% t-interval (audit.stats.across_targets, the numbers of report.md's "Across the
+    targets" table): series["across_targets"] = {"n", metric: {"mean": [...], "ci": [[lo, hi] or
+    None, ...]}}. `points` maps each series to its (t, metrics, report setting) triples."""
+    across = across_targets({m: r["attacks"] for m, r in rotated.items()})
+    for name, v in latency_series.items():
+        rows = [across.get(key, {}) for _, _, key in sorted(points[name], key=lambda p: p[0])]
+        keys = [k for k in LATENCY_METRICS if k in v and all(k in row for row in rows)]
+        if keys:
+            v["across_targets"] = {"n": min(row[k]["n"] for row in rows for k in keys),
+                                   **{k: {"mean": [row[k]["mean"] for row in rows], "ci": [row[k]["ci"] for row in rows]}
+                                      for k in keys}}
 
 
 class AuditRun(L.LightningModule):

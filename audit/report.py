@@ -10,8 +10,9 @@ report.json:
   curves    {name: {fpr: [...], tpr: [...]}}  ROC curves, at most ~1,000 points each
   skipped   {name: reason}
   settings  the plan fingerprint, queries, references, ...
-  latency   {setting: {t: [...], auc: [...], tpr@0.1%fpr: [...]}}  only when an audit covered 2+ SNN
-            latencies; the setting is the attack name without its T part. Plotted in latency.png.
+  latency   {setting: {t: [...], auc: [...], tpr@0.1%fpr: [...], across_targets?}}  only when an audit
+            covered 2+ SNN latencies; the setting is the attack name without its T part; across_targets
+            ({n, metric: {mean: [...], ci: [...]}}, per t) only with several targets. Plotted in latency.png.
 """
 
 from __future__ import annotations
@@ -91,8 +92,11 @@ def markdown(report: dict) -> str:
     lines += ["", f"ROC curves: roc.png (linear and log-log axes){note}; every curve is in report.json.", ""]
     if report.get("latency"):
         ts = sorted({t for v in report["latency"].values() for t in v["t"]})
+        across_latency = all("across_targets" in v for v in report["latency"].values())
         lines[-1:] = ["", f"Leakage against latency t = {', '.join(map(str, ts))} (the SNN's readout averaged over "
-                      "its first t steps): latency.png (AUC and TPR@0.1%FPR against t), report.json `latency`.", ""]
+                      "its first t steps): latency.png (AUC and TPR@0.1%FPR against t"
+                      + (", mean over the targets with 95% intervals" if across_latency else "")
+                      + "), report.json `latency`.", ""]
     return "\n".join(lines)
 
 
@@ -171,8 +175,10 @@ def plot_latency(series: dict[str, dict], path: Path, title: str | None = None) 
     """Two panels, AUC and the lowest-FPR TPR this audit can measure (0.1%, else 1%) against
     the latency t, one line per attack setting: a colour per attack, a line style per query
     strategy; settings whose lines coincide are drawn once and named together; the legend
-    below the panels, one title over both. Matplotlib's object API on the Agg canvas (no
-    pyplot state); PNG whatever the suffix."""
+    below the panels, one title over both. A series with `across_targets` (several targets
+    audited) is drawn as the mean over the targets with its 95% error bars, otherwise as the
+    main target's values. Matplotlib's object API on the Agg canvas (no pyplot state); PNG
+    whatever the suffix."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -187,16 +193,32 @@ def plot_latency(series: dict[str, dict], path: Path, title: str | None = None) 
     queries = list(dict.fromkeys(name.partition("@")[2] for name in series))
     styles = ["-", "--", ":", "-."]
     markers = ["o", "s", "^", "D", "v", "x"]
+    across = {name: v["across_targets"] for name, v in series.items()
+              if all(k in v.get("across_targets", {}) for k in keys)}
+    if len(across) < len(series):
+        across = {}  # one kind of point per plot: all means over the targets, or all main-target values
+
+    ns = sorted({v["n"] for v in across.values()})
+
+    def ys(name: str, key: str) -> list[float]:
+        return across[name][key]["mean"] if across else series[name][key]
+
     drawn: dict[tuple, list[str]] = {}  # identical series (rmia_online and reference_ratio) drawn once
     for name, v in series.items():
-        drawn.setdefault((tuple(v["t"]), *(tuple(v[k]) for k in keys)), []).append(name)
+        drawn.setdefault((tuple(v["t"]), *(tuple(ys(name, k)) for k in keys)), []).append(name)
     for ax, key in zip(axes, keys):
         for names in drawn.values():
             name, v = names[0], series[names[0]]
             a, q = attacks.index(name.split("@")[0]), queries.index(name.partition("@")[2])
             label = name + (f" (= {', '.join(names[1:])})" if len(names) > 1 else "")
-            ax.plot(v["t"], v[key], color=f"C{a % 10}", ls=styles[q % len(styles)], marker=markers[q % len(markers)],
-                    label=label)
+            if across and len(ns) > 1:
+                label += f", {across[name]['n']} target" + ("s" if across[name]["n"] > 1 else "")
+            style = dict(color=f"C{a % 10}", ls=styles[q % len(styles)], marker=markers[q % len(markers)], label=label)
+            if across:  # error bars of series at the same t dodged apart
+                pts = [(t, m, *(ci or (m, m))) for t, m, ci in zip(v["t"], ys(name, key), across[name][key]["ci"])]
+                dodged_errorbar(ax, pts, list(drawn.values()).index(names), len(drawn), **style)
+            else:
+                ax.plot(v["t"], ys(name, key), **style)
         chance = 0.5 if key == "auc" else {"tpr@0.1%fpr": 0.001, "tpr@1%fpr": 0.01}[key]  # TPR = FPR
         ax.axhline(chance, color="grey", lw=0.8, ls="--")
         ax.set_xticks(ts)
@@ -204,8 +226,26 @@ def plot_latency(series: dict[str, dict], path: Path, title: str | None = None) 
         ax.set_ylabel({"auc": "attack AUC", "tpr@0.1%fpr": "TPR at 0.1% FPR", "tpr@1%fpr": "TPR at 1% FPR"}[key])
         ax.grid(alpha=0.3)
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize=7)
-    fig.suptitle(f"Leakage against latency: {title}" if title else "Leakage against latency")
+    head = f"Leakage against latency: {title}" if title else "Leakage against latency"
+    if across:
+        head += f"\nmean over {ns[0] if len(ns) == 1 else f'{ns[0]} to {ns[-1]}'} targets, 95% t-intervals"
+    fig.suptitle(head)
     fig.savefig(path, dpi=120, format="png")
+
+
+def dodged_errorbar(ax, pts: list, i: int, n: int, **kw) -> None:
+    """Error bars for pts = [(x, mean, lo, hi), ...], drawn as series i of n a few points left or
+    right of their x so that bars at the same x stay apart; the data (and what a test reads back)
+    keep their exact x. The axes' limits are widened by hand: matplotlib's autoscaling skips
+    artists drawn with a transform of their own."""
+    from matplotlib.transforms import ScaledTranslation
+
+    shift = ScaledTranslation((i - (n - 1) / 2) * 2.5 / 72, 0, ax.figure.dpi_scale_trans)
+    ax.errorbar([q[0] for q in pts], [q[1] for q in pts],
+                yerr=[[q[1] - q[2] for q in pts], [q[3] - q[1] for q in pts]], capsize=3,
+                transform=ax.transData + shift, **kw)
+    ax.update_datalim([(q[0], q[2]) for q in pts] + [(q[0], q[3]) for q in pts])
+    ax.autoscale_view()
 
 
 ROC_CURVES_MAX = 14

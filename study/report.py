@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from audit.report import dodged_errorbar
 from core.rundir import atomic_write
 
 from .verdicts import aggregate, fmt, target_values
@@ -236,21 +237,6 @@ def _point(x, v: dict) -> tuple:
     return x, v["mean"], lo, hi
 
 
-def _dodged_errorbar(ax, pts: list, i: int, n: int, **kw) -> None:
-    """Error bars for pts = [(x, mean, lo, hi), ...], drawn as series i of n a few points left or
-    right of their x so that bars at the same x stay apart; the data (and what a test reads back)
-    keep their exact x. The axes' limits are widened by hand: matplotlib's autoscaling skips
-    artists drawn with a transform of their own."""
-    from matplotlib.transforms import ScaledTranslation
-
-    shift = ScaledTranslation((i - (n - 1) / 2) * 2.5 / 72, 0, ax.figure.dpi_scale_trans)
-    ax.errorbar([q[0] for q in pts], [q[1] for q in pts],
-                yerr=[[q[1] - q[2] for q in pts], [q[3] - q[1] for q in pts]], capsize=3,
-                transform=ax.transData + shift, **kw)
-    ax.update_datalim([(q[0], q[2]) for q in pts] + [(q[0], q[3]) for q in pts])
-    ax.autoscale_view()
-
-
 def plot_leakage_vs_T(study: dict, path: Path) -> None:
     fig = leakage_figure(study)
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
@@ -298,7 +284,7 @@ def leakage_figure(study: dict):
                 for i, (g, pts) in enumerate(groups.items()):
                     pts.sort()
                     style = {"SNN": ("o", "-"), "SNN converted": ("s", "--")}.get(g, ("^", "-."))
-                    _dodged_errorbar(ax, pts, bases.index(base) * len(groups) + i, len(bases) * len(groups),
+                    dodged_errorbar(ax, pts, bases.index(base) * len(groups) + i, len(bases) * len(groups),
                                      marker=style[0], markersize=7 if len(pts) == 1 else 5, linestyle=style[1],
                                      color=color, label=f"{base} {g}")
             if ts:
@@ -353,7 +339,7 @@ def leakage_epsilon_figure(study: dict):
                 for i, (model, pts) in enumerate(lines.items()):
                     pts.sort()
                     snn = "SNN" in model
-                    _dodged_errorbar(ax, pts, bases.index(base) * len(lines) + i, len(bases) * len(lines),
+                    dodged_errorbar(ax, pts, bases.index(base) * len(lines) + i, len(bases) * len(lines),
                                      marker="o" if snn else "s", linestyle="-" if snn else ":",
                                      color=f"C{bases.index(base) % 10}", label=f"{base} {model}")
             ax.set_xscale("log")

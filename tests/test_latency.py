@@ -188,3 +188,19 @@ def test_audit_latencies_end_to_end_one_pass_plot_report_and_cache(tmp_path, mon
     single = json.loads((rd / "audit" / "report.json").read_text())
     assert single["settings"]["signal_cache"] == {"hits": 3} and calls == []
     assert "latency" not in single and not (rd / "audit" / "latency.png").exists()
+
+    # every model as the target: each latency series also carries the mean over the targets
+    # and its interval at every t, the same numbers as the report's across-targets table
+    assert run.main([*args[:-len(QUIET)], "--targets", "all", *QUIET]) == 0
+    rotated = json.loads((rd / "audit" / "report.json").read_text())
+    assert calls == [] and rotated["latency"]["rmia_offline"]["auc"] == report["latency"]["rmia_offline"]["auc"]
+    for name, series in rotated["latency"].items():
+        across = series["across_targets"]
+        for i, key in enumerate([f"{name}@T1", name]):
+            row = rotated["across_targets"][key]["auc"]
+            assert across["auc"]["mean"][i] == row["mean"] and across["auc"]["ci"][i] == row["ci"]
+            assert across["n"] <= row["n"]
+    assert rotated["latency"]["attack_p"]["across_targets"]["n"] == 3  # Attack-P needs no reference
+    assert rotated["across_targets"]["attack_p"]["auc"]["ci"] is not None
+    assert "mean over the targets" in (rd / "audit" / "report.md").read_text()
+    assert (rd / "audit" / "latency.png").stat().st_size > 5_000
