@@ -6,12 +6,15 @@ references, the attacks and the report's layout.
 
 `rotate` audits every model of a run in turn as the target, the other K as its references
 (the paired plan keeps every sample IN for some of them and OUT for others): K + 1 audits
-from one training, the way the LiRA and RMIA papers' code evaluates."""
+from one training, the way the LiRA and RMIA papers' code evaluates. With
+`exclude_complement` a reference model k >= 1 as the target has K - 1 references: not the
+model paired with it, whose membership row is the negation of its own."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from datamodules.plan import complement
 from lightning_modules import net_name
 
 from .cache import cached_signals_by_latency
@@ -42,10 +45,13 @@ class Audit:
         self.positions = dm.subset_positions(settings.audit_subset, settings.subset_seed)
         members = dm.membership[target]
         self.is_member = members if self.positions is None else members[self.positions]
-        # The references: the models given, or every other model of the run that finished.
-        self.refs: list[int] = sorted(refs) if refs is not None else \
+        # The references: the models given, or every other model of the run that finished;
+        # with exclude_complement, never the model trained on exactly the target's non-members.
+        refs = sorted(refs) if refs is not None else \
             ranks.broadcast(reference_indices(dm.run_dir, dm.num_references, target))
-        self.unfinished = [k for k in range(dm.num_references + 1) if k != target and k not in self.refs]
+        left_out = complement(target) if settings.exclude_complement else None
+        self.refs: list[int] = [k for k in refs if k != left_out]
+        self.unfinished = [k for k in range(dm.num_references + 1) if k not in (target, left_out) and k not in self.refs]
         ref_in = dm.membership[self.refs] if self.refs else None
         self.ref_in = ref_in if ref_in is None or self.positions is None else ref_in[:, self.positions]
         self.runnable, self.skipped = runnable(settings.attacks, self.ref_in, self.refs)

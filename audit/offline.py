@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from core.errors import ConfigError
 from core.rundir import audit_dir, checkpoint_path, finished_models, read_checkpoint, read_done
+from datamodules.plan import complement
 
 from .distributed import Ranks
 from .engine import Audit, model_facts, rotate, target_signals_cached
@@ -46,6 +47,12 @@ def check_audit(run_dir, target_index: int, settings: AuditSettings, latencies=N
         K = num_references if num_references is not None else target_index
         targets = check_targets(targets, K, finished_models(run_dir, range(K + 1)), target_index)
         target_index = targets[0]
+        partner = complement(target_index)
+        if settings.exclude_complement and len(targets) > 1 and partner in targets:
+            # the main target's references are the models whose signals the rotation has
+            raise ConfigError(f"targets={targets!r} with exclude_complement=true: the first target, model "
+                              f"{target_index}, leaves out model {partner}, which is also a target; list model 0 "
+                              "first (targets='all' does when model 0 has finished)")
     done = read_done(run_dir, target_index)
     trained_T = model_facts(done)["T"]
     trained_frames = (done.get("hparams") or {}).get("input_frames")

@@ -32,6 +32,12 @@ class AuditSettings:
         lira_fix_variance: one global sigma for LiRA (null: on when there are fewer than 128 references).
         bootstrap: replicates of the stratified bootstrap behind each TPR interval (0: no intervals).
         eps_delta: the delta of the empirical epsilon lower bound (eps_lb), in [0, 1).
+        exclude_complement: when a reference model k >= 1 is the target (`--targets`, the rotation at
+            the end of fit), leave its complement (the reference paired with it, trained on exactly
+            its non-members) out of its references. With it in, which references are OUT for a
+            sample reveals the sample's membership in the target, and the rotated targets' numbers
+            are biased (README, "Which references a rotated target gets"). false (the default)
+            keeps every other model as a reference. Model 0 has no complement: its audit is the same.
     """
 
     queries: list[str] = field(default_factory=lambda: ["plain"])
@@ -45,6 +51,7 @@ class AuditSettings:
     lira_fix_variance: bool | None = None
     bootstrap: int = 1000
     eps_delta: float = 0.0
+    exclude_complement: bool = False
 
     def check(self, where: str = "") -> "AuditSettings":
         """Validate every value (ConfigError naming `where` + the key); returns self."""
@@ -72,7 +79,7 @@ class AuditSettings:
             raise ConfigError(f"{where}bootstrap={self.bootstrap!r} is not allowed; expected 0 (no intervals) or an "
                               "integer >= 100 (1000 by default)")
         check_number(f"{where}eps_delta", self.eps_delta, 0.0, 1.0, high_open=True)
-        for key in ("rmia_per_query",) + (("lira_fix_variance",) if self.lira_fix_variance is not None else ()):
+        for key in ("rmia_per_query", "exclude_complement") + (("lira_fix_variance",) if self.lira_fix_variance is not None else ()):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"{where}{key}={getattr(self, key)!r} is not allowed; expected true or false")
         return self
@@ -103,7 +110,7 @@ class AuditSettings:
         """The settings as the report records them."""
         return {"queries": [s.name for s in self.strategies], "query_seed": self.query_seed,
                 "audit_subset": self.audit_subset, **self.score_kwargs, "bootstrap": self.bootstrap,
-                "eps_delta": self.eps_delta}
+                "eps_delta": self.eps_delta, "exclude_complement": self.exclude_complement}
 
 
 def check_latencies(latencies, trained_T: int | None, index: int, step_readout: bool | None = True) -> list[int] | None:

@@ -103,6 +103,14 @@ def make_plan(dataset: str, pool_size: int, num_references: int, seed: int,
     return Plan(torch.stack(rows), audit_indices, population_indices, fingerprint)
 
 
+def complement(index: int) -> int | None:
+    """The model whose membership row is the negation of model `index`'s: references come in
+    pairs (1, 2), (3, 4), ...; the target, model 0, has none (None)."""
+    if index < 1:
+        return None
+    return index + 1 if index % 2 else index - 1
+
+
 def plan_tensors(plan: Plan) -> dict[str, torch.Tensor]:
     return {"membership": plan.membership, "audit_indices": plan.audit_indices,
             "population_indices": plan.population_indices}

@@ -140,7 +140,7 @@ def test_ann_and_bad_latencies_are_refused():
             query_signals_by_latency(snn(), loader, "plain", bad)
 
 
-def test_audit_latencies_end_to_end_one_pass_plot_report_and_cache(tmp_path, monkeypatch):
+def test_audit_latencies_end_to_end_one_pass_plot_report_and_cache(tmp_path, monkeypatch, capsys):
     rd = tmp_path / "run"
     small = ["--data.num_references", "2", "--data.audit_size", "400", "--model.width", "0.25", "--model.T", "2"]
     assert run.main(["fit", "--run_dir", str(rd), *small, "--trainer.max_epochs", "1", *QUIET]) == 0
@@ -204,3 +204,20 @@ def test_audit_latencies_end_to_end_one_pass_plot_report_and_cache(tmp_path, mon
     assert rotated["across_targets"]["attack_p"]["auc"]["ci"] is not None
     assert "mean over the targets" in (rd / "audit" / "report.md").read_text()
     assert (rd / "audit" / "latency.png").stat().st_size > 5_000
+
+    # exclude_complement: reference 1's partner (model 2, trained on exactly its non-members)
+    # is not among its references, and 2's not among 2's; model 0 keeps both
+    assert run.main([*args[:-len(QUIET)], "--targets", "all", "--exclude_complement", "true", *QUIET]) == 0
+    excl = json.loads((rd / "audit" / "report.json").read_text())
+    assert calls == [] and excl["settings"]["exclude_complement"] is True
+    assert {m: t["references"] for m, t in excl["targets"].items()} == {"0": [1, 2], "1": [0], "2": [0]}
+    assert excl["attacks"] == rotated["attacks"]  # model 0 has no complement: the same audit
+    for m in ("1", "2"):  # Attack-P uses no reference: the same numbers
+        assert excl["targets"][m]["attacks"]["attack_p"] == rotated["targets"][m]["attacks"]["attack_p"]
+    # the main target's partner among the targets would leave the rotation without its signals
+    before = (rd / "audit" / "report.json").read_bytes()
+    capsys.readouterr()
+    assert run.main([*args[:-len(QUIET)], "--targets", "[1, 2]", "--exclude_complement", "true", *QUIET]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: targets=[1, 2] with exclude_complement=true") and "list model 0 first" in err
+    assert (rd / "audit" / "report.json").read_bytes() == before
