@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from attacks import downsample_roc, plot_roc
-from core.rundir import atomic_write
+from core.rundir import ReportLock, atomic_write
 
 from .scoring import below_resolution, summary
 
@@ -159,15 +159,16 @@ def write_report(audit_dir: str | Path, metrics: dict[str, dict], *, attacks: di
     if latency:
         report["latency"] = latency
     report.update(extra or {})
-    atomic_write(audit_dir / "report.json", lambda p: p.write_text(json.dumps(report, indent=1) + "\n"))
-    atomic_write(audit_dir / "report.md", lambda p: p.write_text(markdown(report)))
-    if metrics:
-        label = "tpr@0.1%fpr" if "tpr@0.1%fpr" not in na else "tpr@1%fpr"
-        atomic_write(audit_dir / "roc.png", lambda p: _plot(metrics, p, title, label))
-    if latency:
-        atomic_write(audit_dir / "latency.png", lambda p: plot_latency(latency, p, title))
-    else:
-        (audit_dir / "latency.png").unlink(missing_ok=True)
+    with ReportLock(audit_dir):  # another process writing this folder finishes its set first
+        atomic_write(audit_dir / "report.json", lambda p: p.write_text(json.dumps(report, indent=1) + "\n"))
+        atomic_write(audit_dir / "report.md", lambda p: p.write_text(markdown(report)))
+        if metrics:
+            label = "tpr@0.1%fpr" if "tpr@0.1%fpr" not in na else "tpr@1%fpr"
+            atomic_write(audit_dir / "roc.png", lambda p: _plot(metrics, p, title, label))
+        if latency:
+            atomic_write(audit_dir / "latency.png", lambda p: plot_latency(latency, p, title))
+        else:
+            (audit_dir / "latency.png").unlink(missing_ok=True)
     return report
 
 

@@ -171,6 +171,16 @@ class PlanLock(_FileLock):
         super().__init__(Path(run_dir) / ".plan.lock")
 
 
+class ReportLock(_FileLock):
+    """Serialises writing one report folder (audit/ or a --report_dir) between processes: a
+    blocking lock on <folder>/.report.lock held while report.json, report.md and the plots
+    are written, so two audits of one model never leave a folder whose files come from
+    different runs (each file is atomic on its own; the set is atomic under this lock)."""
+
+    def __init__(self, folder: str | Path):
+        super().__init__(Path(folder) / ".report.lock")
+
+
 # -- checkpoints ------------------------------------------------------------------------------
 def sidecar(path: Path) -> Path:
     return Path(str(path) + ".sha256")

@@ -303,3 +303,32 @@ def test_the_lock_file_does_not_outlive_its_meaning(tmp_path):
     assert (rd / "model_3" / ".lock").is_file()
     with ModelLock(rd, 3):
         pass
+
+
+def _write_report_when_told(folder: str, writer: str, ready) -> None:
+    from audit.report import write_report
+
+    ready.set()  # imports done: the next thing this process does is write the report
+    write_report(folder, {}, attacks={"attack_p": {"auc": 0.5}}, settings={"writer": writer})
+
+
+def test_two_audits_writing_one_report_folder_never_mix_their_files(tmp_path):
+    """Each report file is atomic on its own; the set is atomic under the folder's lock: a
+    second writer waits for the first to finish all of its files, then writes all of its own."""
+    import multiprocessing as mp
+
+    from core.rundir import ReportLock
+
+    out = tmp_path / "audit"
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    with ReportLock(out):  # another audit is writing this folder
+        child = ctx.Process(target=_write_report_when_told, args=(str(out), "second", ready))
+        child.start()
+        assert ready.wait(120)
+        time.sleep(1.0)  # without the lock, writing report.json and report.md takes milliseconds
+        assert child.is_alive() and not (out / "report.json").exists() and not (out / "report.md").exists()
+    child.join(120)
+    assert child.exitcode == 0
+    assert json.loads((out / "report.json").read_text())["settings"]["writer"] == "second"
+    assert "writer=second" in (out / "report.md").read_text()
