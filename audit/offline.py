@@ -149,10 +149,10 @@ def add_across_targets(latency_series: dict, points: dict, rotated: dict) -> Non
     """With several targets, each latency series also gets, per t, the mean over the targets and
     its 95% t-interval (audit.stats.across_targets, the numbers of report.md's "Across the
     targets" table): series["across_targets"] = {"n", metric: {"mean": [...], "ci": [[lo, hi] or
-    None, ...]}}. `points` maps each series to its (t, metrics, report setting) triples."""
+    None, ...]}}. `points` maps each series to its (t, metrics, report setting) triples, sorted by t."""
     across = across_targets({m: r["attacks"] for m, r in rotated.items()})
     for name, v in latency_series.items():
-        rows = [across.get(key, {}) for _, _, key in sorted(points[name], key=lambda p: p[0])]
+        rows = [across.get(key, {}) for _, _, key in points[name]]
         keys = [k for k in LATENCY_METRICS if k in v and all(k in row for row in rows)]
         if keys:
             v["across_targets"] = {"n": min(row[k]["n"] for row in rows for k in keys),

@@ -211,7 +211,7 @@ def plot_latency(series: dict[str, dict], path: Path, title: str | None = None) 
     for name, v in series.items():
         drawn.setdefault((tuple(v["t"]), *(tuple(round(y, 6) for y in ys(name, k)) for k in keys)), []).append(name)
     for ax, key in zip(axes, keys):
-        for names in drawn.values():
+        for i, names in enumerate(drawn.values()):
             name, v = names[0], series[names[0]]
             a, q = attacks.index(name.split("@")[0]), queries.index(name.partition("@")[2])
             label = name + (f" (= {', '.join(names[1:])})" if len(names) > 1 else "")
@@ -219,8 +219,8 @@ def plot_latency(series: dict[str, dict], path: Path, title: str | None = None) 
                 label += f", {across[name]['n']} target" + ("s" if across[name]["n"] > 1 else "")
             style = dict(color=f"C{a % 10}", ls=styles[q % len(styles)], marker=markers[q % len(markers)], label=label)
             if across:  # error bars of series at the same t dodged apart
-                pts = [(t, m, *(ci or (m, m))) for t, m, ci in zip(v["t"], ys(name, key), across[name][key]["ci"])]
-                dodged_errorbar(ax, pts, list(drawn.values()).index(names), len(drawn), **style)
+                pts = [bar_point(t, m, ci) for t, m, ci in zip(v["t"], ys(name, key), across[name][key]["ci"])]
+                dodged_errorbar(ax, pts, i, len(drawn), **style)
             else:
                 ax.plot(v["t"], ys(name, key), **style)
         chance = 0.5 if key == "auc" else {"tpr@0.1%fpr": 0.001, "tpr@1%fpr": 0.01}[key]  # TPR = FPR
@@ -235,6 +235,12 @@ def plot_latency(series: dict[str, dict], path: Path, title: str | None = None) 
         head += f"\nmean over {ns[0] if len(ns) == 1 else f'{ns[0]} to {ns[-1]}'} targets, 95% t-intervals"
     fig.suptitle(head)
     fig.savefig(path, dpi=120, format="png")
+
+
+def bar_point(x, mean: float, ci) -> tuple:
+    """(x, mean, lo, hi) for `dodged_errorbar`; a number without an interval (ci None) has no bar."""
+    lo, hi = ci if ci else (mean, mean)
+    return x, mean, lo, hi
 
 
 def dodged_errorbar(ax, pts: list, i: int, n: int, **kw) -> None:

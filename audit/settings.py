@@ -79,7 +79,8 @@ class AuditSettings:
             raise ConfigError(f"{where}bootstrap={self.bootstrap!r} is not allowed; expected 0 (no intervals) or an "
                               "integer >= 100 (1000 by default)")
         check_number(f"{where}eps_delta", self.eps_delta, 0.0, 1.0, high_open=True)
-        for key in ("rmia_per_query", "exclude_complement") + (("lira_fix_variance",) if self.lira_fix_variance is not None else ()):
+        optional = ("lira_fix_variance",) if self.lira_fix_variance is not None else ()
+        for key in ("rmia_per_query", "exclude_complement", *optional):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"{where}{key}={getattr(self, key)!r} is not allowed; expected true or false")
         return self

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from audit.report import dodged_errorbar
+from audit.report import bar_point, dodged_errorbar
 from core.rundir import atomic_write
 
 from .verdicts import aggregate, fmt, target_values
@@ -231,12 +231,6 @@ def _split(attack: str) -> tuple[str, str]:
     return base, setting or "plain"
 
 
-def _point(x, v: dict) -> tuple:
-    """(x, mean, lo, hi) of a summary for an error bar; a number without an interval has no bar."""
-    lo, hi = v["ci"] if v.get("ci") else (v["mean"], v["mean"])
-    return x, v["mean"], lo, hi
-
-
 def plot_leakage_vs_T(study: dict, path: Path) -> None:
     fig = leakage_figure(study)
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
@@ -280,7 +274,7 @@ def leakage_figure(study: dict):
                             ax.axhspan(*v["ci"], color=color, alpha=0.08)
                     elif t.get("T") is not None:
                         group = ("SNN converted" if e["converted"] else "SNN") + refs
-                        groups.setdefault(group, []).append(_point(t["T"], v))
+                        groups.setdefault(group, []).append(bar_point(t["T"], v["mean"], v.get("ci")))
                 for i, (g, pts) in enumerate(groups.items()):
                     pts.sort()
                     style = {"SNN": ("o", "-"), "SNN converted": ("s", "--")}.get(g, ("^", "-."))
@@ -335,7 +329,7 @@ def leakage_epsilon_figure(study: dict):
                     model = (f"{t.get('kind', '?').upper()}{' converted' if e['converted'] else ''}"
                              + (f" T={t['T']}" if t.get("kind") == "snn" and t.get("T") is not None else "")
                              + _refs_text(e))
-                    lines.setdefault(model, []).append(_point(dp["epsilon"] if dp else inf_x, v))
+                    lines.setdefault(model, []).append(bar_point(dp["epsilon"] if dp else inf_x, v["mean"], v.get("ci")))
                 for i, (model, pts) in enumerate(lines.items()):
                     pts.sort()
                     snn = "SNN" in model
