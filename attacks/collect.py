@@ -65,13 +65,16 @@ def _run(model, loader, strategy, seed, device, progress, reduce: Callable[[Tens
     parts, indices, labels = [], [], []
     model.eval()
     try:
-        with torch.no_grad():
+        # Signals are float32 whatever the training precision: under bf16-mixed (Lightning's
+        # autocast) a query made inside the autocast region would get bf16 logits, whose 8-bit
+        # mantissa ties most confident samples.
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
             for batch in batches:
                 x, y, index = _unpack(batch)
                 x = x.to(device, non_blocking=True)
                 index = torch.as_tensor(index).to(device, non_blocking=True)
                 forward = model.forward_steps if steps else model
-                out = [forward(strategy.apply(x, index, q, seed, T)) for q in range(strategy.num_queries)]
+                out = [forward(strategy.apply(x, index, q, seed, T)).float() for q in range(strategy.num_queries)]
                 if steps and (out[0].ndim != 3 or out[0].shape[:2] != (T, x.shape[0])):
                     raise ValueError(f"forward_steps must return the readout [T, B, C] = [{T}, {x.shape[0]}, C], "
                                      f"got shape {tuple(out[0].shape)}")

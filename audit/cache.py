@@ -2,10 +2,10 @@
 seed) and cached in the model's directory, whether the model serves as target or reference.
 
     model_<k>/signals/<strategy>__T<t>__seed<s>.pt    tensors only (weights_only load)
-    model_<k>/signals/<strategy>__T<t>__seed<s>.json  checkpoint sha256, plan, sizes
+    model_<k>/signals/<strategy>__T<t>__seed<s>.json  checkpoint sha256, plan, precision, sizes
 
 A cache entry is used only when its JSON matches the checkpoint's content hash, the
-plan's fingerprint, the strategy, the latency and the mask seed, and its tensors match the
+plan's fingerprint, the strategy, the latency, the mask seed and the training precision, and its tensors match the
 hash recorded in the JSON and have the shapes and types the key implies; anything else is
 recomputed, with a warning when the entry was damaged. A checkpoint that no longer matches
 the hash its done.json recorded is an error, never audited. Signals, not logits, are kept (audit/signals.py): 9 MB per model at
@@ -36,11 +36,13 @@ def cache_key(strategy, T: int | None, seed: int) -> str:
     return f"{parse_query(strategy).name}__T{T if T is not None else 'ann'}__seed{seed}"
 
 
-def entry_key(checkpoint_sha: str | None, datamodule, strategy, T: int | None, seed: int) -> dict:
+def entry_key(checkpoint_sha: str | None, datamodule, strategy, T: int | None, seed: int,
+              precision: str | None) -> dict:
     """What a cache entry was computed for: the checkpoint's bytes, the plan, the query
-    strategy, the latency, the mask seed and the sizes."""
+    strategy, the latency, the mask seed, the sizes, and the precision the model was trained
+    in (its done.json `precision`; the signals themselves are always float32)."""
     return {"checkpoint_sha256": checkpoint_sha, "plan": datamodule.plan.fingerprint, "strategy": strategy.name,
-            "T": T, "seed": seed, "audit_size": int(datamodule.membership.shape[1]),
+            "T": T, "seed": seed, "precision": precision, "audit_size": int(datamodule.membership.shape[1]),
             "population_size": int(len(datamodule.population_indices))}
 
 
@@ -51,9 +53,11 @@ def write_entry(paths: tuple, key: dict, tensors: dict) -> None:
     write_json(meta_path, {**key, "tensors_sha256": tensors_sha256(tensors)})  # last: marks a complete entry
 
 
-def store_signals(run_dir, index: int, datamodule, strategy, T: int | None, seed: int, tensors: dict) -> None:
+def store_signals(run_dir, index: int, datamodule, strategy, T: int | None, seed: int, tensors: dict,
+                  precision: str | None) -> None:
     """Put signals computed elsewhere (the training callback's last audit of its target, on the
-    whole audit set) into model `index`'s cache, keyed by its checkpoint as it is now."""
+    whole audit set) into model `index`'s cache, keyed by its checkpoint as it is now and the
+    trainer's `precision` (what its done.json will record)."""
     strategy = parse_query(strategy)
     ckpt = checkpoint_path(run_dir, index)
     if not ckpt.is_file():
@@ -61,7 +65,7 @@ def store_signals(run_dir, index: int, datamodule, strategy, T: int | None, seed
     directory = signals_dir(run_dir, index)
     name = cache_key(strategy, T, seed)
     write_entry((directory / f"{name}.pt", directory / f"{name}.json"),
-                entry_key(file_sha256(ckpt), datamodule, strategy, T, seed), tensors)
+                entry_key(file_sha256(ckpt), datamodule, strategy, T, seed, precision), tensors)
 
 
 def cached_signals(run_dir, index: int, datamodule, strategy, *, seed: int = 0, T: int | None = None,
@@ -116,7 +120,7 @@ def cached_signals_by_latency(run_dir, index: int, datamodule, strategy, latenci
                 error = str(err)
         for T in Ts if error is None else []:
             data_path, meta_path = paths[T]
-            metas[T] = meta = entry_key(sha, datamodule, strategy, T, seed)
+            metas[T] = meta = entry_key(sha, datamodule, strategy, T, seed, done.get("precision"))
             if not (meta_path.is_file() and data_path.is_file()):
                 continue
             try:

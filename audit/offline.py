@@ -140,7 +140,8 @@ def run_audit(dm, settings: AuditSettings, *, latencies=None, report_dir=None, t
     out = checked["report_dir"] or audit_dir(run_dir)
     return audit.write_report(out, metrics, facts=model_facts(done), epoch=done.get("epochs", 0) - 1, acc=acc,
                               history=training_history(run_dir, target_index),
-                              extra_target={"distinct_confidences": distinct, "dp": done.get("dp")},
+                              extra_target={"distinct_confidences": distinct, "dp": done.get("dp"),
+                                            "precision": done.get("precision")},
                               extra_settings={"latencies": list(checked["latencies"] or []), "signal_cache": stats},
                               latency=latency_series or None, targets=rotated)
 

@@ -42,7 +42,7 @@ def curves_of(metrics: dict[str, dict], max_points: int = 1000) -> dict[str, dic
 def markdown(report: dict) -> str:
     t = report.get("target", {})
     lines = ["# Membership-inference audit", ""]
-    facts = [f"{k}: {t[k]}" for k in ("kind", "arch", "T") if t.get(k) is not None]
+    facts = [f"{k}: {t[k]}" for k in ("kind", "arch", "T", "precision") if t.get(k) is not None]
     if t.get("epoch") is not None:  # report.json keeps Lightning's 0-based index; people count from 1
         facts.append(f"after epoch {t['epoch'] + 1}")
     if facts:

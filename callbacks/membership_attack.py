@@ -207,7 +207,8 @@ class MembershipAttack(L.Callback):
         report = self.audit.write_report(
             audit_dir(dm.run_dir), self.last_metrics, facts=model_facts(pl_module.hparams),
             epoch=last["epoch"], acc={k: last[k] for k in ("train_acc", "test_acc", "acc_gap")},
-            history=self.history, extra_target={"dp": getattr(pl_module, "dp_facts", lambda: None)()},
+            history=self.history, extra_target={"dp": getattr(pl_module, "dp_facts", lambda: None)(),
+                                                "precision": str(trainer.precision)},
             targets=targets)
         log_roc_to_wandb(trainer, report)
 
@@ -219,7 +220,7 @@ class MembershipAttack(L.Callback):
             return
         for s in self.settings.strategies:
             store_signals(dm.run_dir, 0, dm, s, getattr(pl_module, "T", None), self.settings.query_seed,
-                          self.last_target_signals[s.name])
+                          self.last_target_signals[s.name], str(pl_module.trainer.precision))
 
     # -- resume ---------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 from torch import fx, nn
-from spikingjelly.activation_based import ann2snn, base, neuron
+from spikingjelly.activation_based import base, neuron
 
 from core.errors import ConfigError
 from core.rundir import checkpoint_path, read_checkpoint
@@ -92,6 +92,9 @@ def plain_copy(net: nn.Module) -> nn.Module:
 def ann_thresholds(ann: nn.Module, batches, mode: str = "max") -> dict[str, float]:
     """Per ReLU of `ann` (by module name): the threshold spikingjelly's rate-coding
     conversion gives it, calibrated on `batches` (tensors [B, C, H, W], already normalised)."""
+    # Imported here: ann2snn imports `requests` (for its model downloads), which nothing else here needs.
+    from spikingjelly.activation_based import ann2snn
+
     plain = plain_copy(ann).eval()
     relus = [n.target for n in fx.symbolic_trace(plain).graph.nodes
              if n.op == "call_module" and type(plain.get_submodule(n.target)) is nn.ReLU]

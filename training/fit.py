@@ -244,6 +244,8 @@ def train_model(trainer, model, datamodule, cfg, ckpt_path=None) -> None:
             "kind": hp.get("kind"), "arch": net_name(hp), "T": hp.get("T") if hp.get("kind") == "snn" else None,
             # False for a user SNN that returns [B, classes]: `run.py audit --latencies` refuses it up front.
             "step_readout": bool(model.step_readout) if hp.get("kind") == "snn" else None,
+            # The trainer's precision (32-true, bf16-mixed, ...): part of the signal cache key.
+            "precision": str(trainer.precision),
             "init": hp.get("init"), "init_from": hp.get("init_from"),
             # What the run gave its references, so a later step (the study) reads facts, not flags.
             "references": dict(cfg.references) if cfg.references else None,
