@@ -54,7 +54,12 @@ class Audit:
         self.unfinished = [k for k in range(dm.num_references + 1) if k not in (target, left_out) and k not in self.refs]
         ref_in = dm.membership[self.refs] if self.refs else None
         self.ref_in = ref_in if ref_in is None or self.positions is None else ref_in[:, self.positions]
-        self.runnable, self.skipped = runnable(settings.attacks, self.ref_in, self.refs)
+        self.attacks = settings.attack_objects()
+        self.runnable, self.skipped = runnable(self.attacks, self.ref_in, self.refs)
+        # Only what the selected attacks need is computed: no reference signals when none reads them.
+        self.needs_references = any(a.references != "none" for a in self.runnable)
+        self.late_skipped: dict[str, str] = {}  # attacks that could not score the latest signals, and why
+        self.extra: dict = {}  # what the attacks' `prepare` added (AttackData.extra)
         self.num_nonmembers = int((~self.is_member).sum())
 
     def skip_message(self) -> str | None:
@@ -66,20 +71,35 @@ class Audit:
         return f"{len(self.skipped)} attack(s){extra}: {why}"
 
     def reference_signals(self, strategy, latencies=(None,), *, device=None, progress: bool = False,
-                          stats: dict | None = None, ranks: Ranks | None = None) -> dict | None:
+                          stats: dict | None = None, ranks: Ranks | None = None, force: bool = False) -> dict | None:
         """{latency: [signals of each reference, restricted to the audited samples]}, from the
-        signal cache. Every rank must call it (the queries are collective); rank 0 gets the
-        signals, the others None."""
+        signal cache; no reference is queried when no selected attack needs references (unless
+        `force`: a rotation needs every model's signals). Every rank must call it (the queries
+        are collective); rank 0 gets the signals, the others None."""
+        refs = self.refs if self.needs_references or force else []
         per_ref = [cached_signals_by_latency(self.dm.run_dir, k, self.dm, strategy, latencies,
                                              seed=self.settings.query_seed, device=device, progress=progress,
-                                             stats=stats, ranks=ranks) for k in self.refs]
+                                             stats=stats, ranks=ranks) for k in refs]
         if ranks is not None and not ranks.is_zero:
             return None
         return {lat: [subset(r[lat], self.positions) for r in per_ref] for lat in latencies}
 
     def score(self, target: dict, references: list[dict]) -> dict[str, dict]:
-        """roc_metrics (with curves) of every runnable attack on one setting's signals."""
-        return evaluate(self.runnable, target, references, self.ref_in, self.is_member, **self.settings.score_kwargs)
+        """roc_metrics (with curves) of every runnable attack on one setting's signals; an attack
+        that cannot score them (its `unavailable`) goes to `late_skipped` with its reason."""
+        return evaluate(self.runnable, target, references, self.ref_in, self.is_member, extra=self.extra,
+                        skipped=self.late_skipped)
+
+    def skipped_now(self, metrics: dict) -> dict[str, str]:
+        """The report's `skipped`: attacks that could not run, and those that could not score
+        the last signals (e.g. a trajectory of one epoch) and have no row."""
+        scored = {name.split("@")[0] for name in metrics}
+        late = {n: r for n, r in self.late_skipped.items() if n not in scored}
+        return {**self.skipped, **late}
+
+    def details(self) -> dict:
+        """{attack: facts} of the attacks that report some (report.json `attack_details`)."""
+        return {a.report_name(): d for a in self.runnable if (d := a.details())}
 
     def accuracies(self, target: dict) -> dict[str, float]:
         return accuracies(target, self.is_member)
@@ -104,6 +124,8 @@ class Audit:
                     **self.settings.describe(), **(extra_settings or {})}
         extra = {"eps_lb": {"confidence": CONFIDENCE, "delta": self.settings.eps_delta,
                             "assumptions": EPS_ASSUMPTIONS, "attacks": eps}} if eps else {}
+        if self.details():
+            extra["attack_details"] = self.details()
         if targets:
             per_target = {m: t["attacks"] for m, t in targets.items()}
             extra["targets"] = {str(m): t for m, t in targets.items()}
@@ -118,7 +140,7 @@ class Audit:
                                      + f"{dp.get('scope', 'all training')})"]
         out_dir = Path(out_dir)
         report = write_report(out_dir, metrics, attacks=attacks, target=target, history=history,
-                              skipped=self.skipped, settings=settings, title=f"{facts.get('kind')} {facts.get('arch')}",
+                              skipped=self.skipped_now(metrics), settings=settings, title=f"{facts.get('kind')} {facts.get('arch')}",
                               latency=latency, num_nonmembers=self.num_nonmembers, extra=extra)
         print_table(report, out_dir / "report.md")
         return report

@@ -95,7 +95,8 @@ def run_audit(dm, settings: AuditSettings, *, latencies=None, report_dir=None, t
     for s in strategies:
         kwargs = dict(device=device, progress=progress, stats=stats, ranks=ranks)
         target = target_signals_cached(audit, s, lats, **kwargs)
-        references = audit.reference_signals(s, lats, **kwargs)  # every rank, same order: collective queries
+        references = audit.reference_signals(s, lats, force=len(checked["targets"]) > 1,
+                                             **kwargs)  # every rank, same order: collective queries
         if ranks.is_zero:
             signals[s.name] = (target, references)
     if not ranks.is_zero:

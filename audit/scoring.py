@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import torch
 
-from attacks import FPR_LEVELS, attack_p, attack_r, lira, reference_ratio, resolution_note, rmia, roc_metrics
+from attacks import FPR_LEVELS, resolution_note, roc_metrics
 from core.rundir import finished_models
 
-ATTACKS = ("attack_p", "attack_r", "rmia_offline", "rmia_online", "lira_online", "lira_offline", "reference_ratio")
+from .attacks import REGISTRY, Attack, AttackData, default_names
+
+ATTACKS = tuple(default_names())  # the default selection, read off the registry (audit/attacks/)
 SUMMARY = ("auc", "tpr@1%fpr", "tpr@0.1%fpr", "tpr@0.01%fpr", "tpr@0%fpr")
 LOGGED = ("auc", "tpr@1%fpr", "tpr@0.1%fpr", "tpr@0%fpr")
 
@@ -27,63 +29,53 @@ def reference_indices(run_dir, num_references: int, target: int) -> list[int]:
     return finished_models(run_dir, [k for k in range(num_references + 1) if k != target])
 
 
-def runnable(names, ref_in: torch.Tensor | None, refs=()) -> tuple[list[str], dict[str, str]]:
+def as_attacks(attacks, **settings) -> list[Attack]:
+    """Attack instances: registered names are built with `settings` (their defaults when unset)."""
+    return [a if isinstance(a, Attack) else REGISTRY[a](**{k: v for k, v in settings.items()
+                                                            if k in REGISTRY[a].settings}) for a in attacks]
+
+
+def runnable(attacks, ref_in: torch.Tensor | None, refs=()) -> tuple[list, dict[str, str]]:
     """The attacks that can run with these references (`ref_in` [K, N], None when none
-    finished), and why the others cannot: all but Attack-P need a reference; Attack-R and the
-    offline attacks an OUT reference for every audit sample (a reference pair that is
-    complementary always gives one; two unpaired references, e.g. models 0 and 2 as the
-    references of model 1 with K = 2, leave about a quarter of the samples without); the
-    online attacks an IN and an OUT reference for every sample."""
+    finished), and why the others cannot, from each attack's declared `references`: "any"
+    needs a reference; "out" an OUT reference for every audit sample (a reference pair that
+    is complementary always gives one; two unpaired references, e.g. models 0 and 2 as the
+    references of model 1 with K = 2, leave about a quarter of the samples without); "in_out"
+    an IN and an OUT reference for every sample. Names in, names out; Attack instances in,
+    instances out."""
     has_out = ref_in is not None and bool((~ref_in).any(0).all())
     covered = has_out and bool(ref_in.any(0).all())
     ok, skipped = [], {}
-    for n in names:
-        if n != "attack_p" and ref_in is None:
+    for item, a in zip(attacks, as_attacks(attacks)):
+        n = a.report_name()
+        if a.references != "none" and ref_in is None:
             skipped[n] = "needs reference models and none has finished training"
-        elif n in ("rmia_online", "lira_online") and not covered:
+        elif a.references == "in_out" and not covered:
             skipped[n] = f"needs an IN and an OUT reference for every sample; references: {list(refs)}"
-        elif n in ("attack_r", "rmia_offline", "lira_offline") and not has_out:
+        elif a.references == "out" and not has_out:
             missing = int((~(~ref_in).any(0)).sum())
             skipped[n] = f"needs an OUT reference for every sample; {missing} samples have none among references {list(refs)}"
         else:
-            ok.append(n)
+            ok.append(item)
     return ok, skipped
 
 
-def score_attacks(names, target: dict, references: list[dict], ref_in: torch.Tensor | None, *,
-                  rmia_offline_a: float = 0.3, rmia_gamma: float = 1.0, rmia_per_query: bool = False,
-                  lira_fix_variance: bool | None = None) -> dict[str, torch.Tensor]:
-    """Scores [N] per attack. `target` and each reference are signal dicts of one query
-    strategy ("audit/probability" [Q, N], ...). Signals are averaged over the Q queries
-    (RMIA optionally scores each query and averages the scores). `ref_in` [K, N] is the
-    references' membership rows. LiRA's variance is fixed (one global sigma) by default
-    when fewer than 64 references are IN/OUT per sample, as LiRA's paper advises."""
-    p_t = target["audit/probability"].double()
+def score_attacks(attacks, target: dict, references: list[dict], ref_in: torch.Tensor | None, *,
+                  extra: dict | None = None, skipped: dict | None = None, **settings) -> dict[str, torch.Tensor]:
+    """Scores [N] per attack (Attack instances, or registered names built with `settings`).
+    `target` and each reference are signal dicts of one query strategy ("audit/probability"
+    [Q, N], ...); `ref_in` [K, N] the references' membership rows; `extra` what the attacks'
+    `prepare` added. An attack whose `unavailable` gives a reason is left out, the reason in
+    `skipped` when given."""
+    data = AttackData(target, references, ref_in, extra or {})
     out: dict[str, torch.Tensor] = {}
-    if references:
-        p_r = torch.stack([r["audit/probability"] for r in references]).double()      # [K, Q, N]
-        pz_t = target["population/probability"].double()
-        pz_r = torch.stack([r["population/probability"] for r in references]).double()
-        phi_t = target["audit/rescaled_logit"].double().mean(0)
-        phi_r = torch.stack([r["audit/rescaled_logit"] for r in references]).double().mean(1)
-        if lira_fix_variance is None:
-            lira_fix_variance = len(references) < 128
-    for name in names:
-        if name == "attack_p":
-            out[name] = attack_p(p_t.mean(0))
-        elif name == "attack_r":
-            out[name] = attack_r(p_t.mean(0), p_r.mean(1), ref_in)
-        elif name == "reference_ratio":
-            out[name] = reference_ratio(p_t.mean(0), p_r.mean(1))
-        elif name.startswith("rmia_"):
-            a = rmia_offline_a if name == "rmia_offline" else None
-            if rmia_per_query:
-                out[name] = rmia(p_t, p_r, pz_t, pz_r, ref_in, offline_a=a, gamma=rmia_gamma, per_query=True)
-            else:
-                out[name] = rmia(p_t.mean(0), p_r.mean(1), pz_t.mean(0), pz_r.mean(1), ref_in, offline_a=a,
-                                 gamma=rmia_gamma)
-        elif name.startswith("lira_"):
-            out[name] = lira(phi_t, phi_r, ref_in, online=name == "lira_online", fix_variance=lira_fix_variance)
+    for a in as_attacks(attacks, **settings):
+        why = a.unavailable(data)
+        if why:
+            if skipped is not None:
+                skipped[a.report_name()] = why
+            continue
+        out[a.report_name()] = a.score(data)
     return out
 
 
@@ -95,10 +87,12 @@ def accuracies(target: dict, is_member: torch.Tensor) -> dict[str, float]:
     return {"train_acc": train, "test_acc": test, "acc_gap": train - test}
 
 
-def evaluate(names, target: dict, references: list[dict], ref_in, is_member: torch.Tensor, **kwargs) -> dict[str, dict]:
+def evaluate(attacks, target: dict, references: list[dict], ref_in, is_member: torch.Tensor, **kwargs) -> dict[str, dict]:
     """roc_metrics (with the curve) per attack."""
-    scores = score_attacks(names, target, references, ref_in, **kwargs)
-    return {name: {**roc_metrics(s, is_member), "scores": s} for name, s in scores.items()}
+    attacks = as_attacks(attacks, **{k: v for k, v in kwargs.items() if k not in ("extra", "skipped")})
+    access = {a.report_name(): a.access for a in attacks}
+    scores = score_attacks(attacks, target, references, ref_in, **kwargs)
+    return {name: {**roc_metrics(s, is_member), "scores": s, "access": access[name]} for name, s in scores.items()}
 
 
 def below_resolution(num_nonmembers: int | None) -> dict[str, str]:

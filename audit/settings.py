@@ -5,31 +5,27 @@ loaded or queried (a ConfigError naming the key: one line, exit 2)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field, make_dataclass
 from pathlib import Path
+from typing import Union
 
 from attacks import parse_query
 from core.errors import ConfigError, check_int, check_number
 
-from .scoring import ATTACKS
+from .attacks import REGISTRY, Attack, SpecError, all_settings, catalogue, default_names, expand, resolve
 
-
-@dataclass
-class AuditSettings:
-    """How the target is attacked.
+_DOC = """How the target is attacked.
 
     Args:
         queries: query strategies: plain, flip, "dropout:p=0.01,n=10", "dropout:p=0.01,n=10,per_timestep=true";
             for event data "event_drop:p=0.1,n=10", "event_jitter:sigma=0.5,n=10".
-        attacks: any of attack_p, attack_r, rmia_offline, rmia_online, lira_online, lira_offline,
-            reference_ratio (default: all).
+        attacks: registered attack names, "all" (every registered attack), or {class_path: module.Class,
+            init_args: {...}} entries for attacks of your own (docs/attacks.md); default: {defaults}.
+            Registered: {catalogue}.
         query_seed: seed of the input-dropout masks (the same for every model).
         audit_subset: audit a fixed random subset of this many audit samples (null: all).
         subset_seed: seed of that subset.
-        rmia_offline_a: a of offline RMIA, in [0, 1].
-        rmia_gamma: gamma of RMIA, > 0.
-        rmia_per_query: RMIA scores each query and averages the scores (else it averages the signals).
-        lira_fix_variance: one global sigma for LiRA (null: on when there are fewer than 128 references).
+{attack_settings}
         bootstrap: replicates of the stratified bootstrap behind each TPR interval (0: no intervals).
         eps_delta: the delta of the empirical epsilon lower bound (eps_lb), in [0, 1).
         exclude_complement: when a reference model k >= 1 is the target (`--targets`, the rotation at
@@ -40,18 +36,9 @@ class AuditSettings:
             keeps every other model as a reference. Model 0 has no complement: its audit is the same.
     """
 
-    queries: list[str] = field(default_factory=lambda: ["plain"])
-    attacks: list[str] = field(default_factory=lambda: list(ATTACKS))
-    query_seed: int = 0
-    audit_subset: int | None = None
-    subset_seed: int = 0
-    rmia_offline_a: float = 0.3
-    rmia_gamma: float = 1.0
-    rmia_per_query: bool = False
-    lira_fix_variance: bool | None = None
-    bootstrap: int = 1000
-    eps_delta: float = 0.0
-    exclude_complement: bool = False
+
+class _AuditSettings:
+    """The methods of AuditSettings; its fields are built below from the attack registry."""
 
     def check(self, where: str = "") -> "AuditSettings":
         """Validate every value (ConfigError naming `where` + the key); returns self."""
@@ -64,26 +51,42 @@ class AuditSettings:
             raise ConfigError(f"{where}queries={list(self.queries)!r}: {err}") from None
         if len(set(names)) != len(names):
             raise ConfigError(f"{where}queries={list(self.queries)!r} is not allowed; a query strategy is listed twice")
-        attacks = list(self.attacks) if isinstance(self.attacks, (list, tuple)) else None
-        if not attacks or any(a not in ATTACKS for a in attacks) or len(set(attacks)) != len(attacks):
-            raise ConfigError(f"{where}attacks={self.attacks!r} is not allowed; choose a non-empty list, each once, "
-                              f"from: {', '.join(ATTACKS)}")
         check_int(f"{where}query_seed", self.query_seed, 0)
         if self.audit_subset is not None:
             check_int(f"{where}audit_subset", self.audit_subset, 2, what=" or null (all audit samples)")
         check_int(f"{where}subset_seed", self.subset_seed, 0)
-        check_number(f"{where}rmia_offline_a", self.rmia_offline_a, 0.0, 1.0)
-        check_number(f"{where}rmia_gamma", self.rmia_gamma, 0.0, low_open=True)
+        for key, s in all_settings().items():  # every attack setting, selected or not: a typo never waits
+            s.check(f"{where}{key}", getattr(self, key))
         if not (self.bootstrap == 0 or (isinstance(self.bootstrap, int) and not isinstance(self.bootstrap, bool)
                                         and self.bootstrap >= 100)):
             raise ConfigError(f"{where}bootstrap={self.bootstrap!r} is not allowed; expected 0 (no intervals) or an "
                               "integer >= 100 (1000 by default)")
         check_number(f"{where}eps_delta", self.eps_delta, 0.0, 1.0, high_open=True)
-        optional = ("lira_fix_variance",) if self.lira_fix_variance is not None else ()
-        for key in ("rmia_per_query", "exclude_complement", *optional):
-            if not isinstance(getattr(self, key), bool):
-                raise ConfigError(f"{where}{key}={getattr(self, key)!r} is not allowed; expected true or false")
+        if not isinstance(self.exclude_complement, bool):
+            raise ConfigError(f"{where}exclude_complement={self.exclude_complement!r} is not allowed; expected true "
+                              "or false")
+        self.attack_objects(where)
         return self
+
+    def attack_objects(self, where: str = "") -> list[Attack]:
+        """The selected attacks as instances (ConfigError naming `where`attacks for a bad entry)."""
+        ok = isinstance(self.attacks, str) or (isinstance(self.attacks, (list, tuple)) and self.attacks)
+        if not ok:
+            raise ConfigError(f"{where}attacks={self.attacks!r} is not allowed; expected all or a non-empty list of "
+                              f"registered names ({', '.join(REGISTRY)}) and {{class_path, init_args}} entries")
+        values = {key: getattr(self, key) for key in all_settings()}
+        out = []
+        for spec in expand(self.attacks):
+            try:
+                out.append(resolve(spec, values, where))
+            except SpecError as err:
+                raise ConfigError(f"{where}attacks={self.attacks!r} is not allowed; {err}") from None
+        names = [a.report_name() for a in out]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ConfigError(f"{where}attacks={self.attacks!r} is not allowed; {', '.join(twice)} listed twice "
+                              "(each attack once)")
+        return out
 
     def check_inputs(self, event_data: bool, where: str = "") -> "AuditSettings":
         """Every query strategy fits the data: image strategies for images, event strategies
@@ -103,15 +106,40 @@ class AuditSettings:
 
     @property
     def score_kwargs(self) -> dict:
-        """The attack options as audit.scoring.score_attacks takes them."""
-        return dict(rmia_offline_a=self.rmia_offline_a, rmia_gamma=self.rmia_gamma,
-                    rmia_per_query=self.rmia_per_query, lira_fix_variance=self.lira_fix_variance)
+        """The settings of the selected registered attacks, each once, in registry order."""
+        selected = [REGISTRY[a] for a in expand(self.attacks) if isinstance(a, str) and a in REGISTRY]
+        return {key: getattr(self, key) for key in all_settings() if any(key in cls.settings for cls in selected)}
 
     def describe(self) -> dict:
-        """The settings as the report records them."""
+        """The settings as the report records them (a user's attack: its class_path and init_args)."""
+        own = {a["class_path"].rpartition(".")[2]: a for a in expand(self.attacks) if isinstance(a, dict)}
         return {"queries": [s.name for s in self.strategies], "query_seed": self.query_seed,
                 "audit_subset": self.audit_subset, **self.score_kwargs, "bootstrap": self.bootstrap,
-                "eps_delta": self.eps_delta, "exclude_complement": self.exclude_complement}
+                "eps_delta": self.eps_delta, "exclude_complement": self.exclude_complement,
+                **({"own_attacks": list(own.values())} if own else {})}
+
+
+def _build():
+    """AuditSettings: the common fields, then every registered attack's settings (its flags),
+    then the report's; its docstring (the flags' --help) lists the registered attacks."""
+    fields = [("queries", list[str], field(default_factory=lambda: ["plain"])),
+              ("attacks", Union[str, list[Union[str, dict]]], field(default_factory=default_names)),
+              ("query_seed", int, field(default=0)),
+              ("audit_subset", Union[int, None], field(default=None)),
+              ("subset_seed", int, field(default=0))]
+    fields += [(key, s.type, field(default=s.default)) for key, s in all_settings().items()]
+    fields += [("bootstrap", int, field(default=1000)),
+               ("eps_delta", float, field(default=0.0)),
+               ("exclude_complement", bool, field(default=False))]
+    cls = make_dataclass("AuditSettings", fields, bases=(_AuditSettings,))
+    cls.__module__ = __name__
+    lines = [f"        {key}: {s.help}" for key, s in all_settings().items()]
+    cls.__doc__ = _DOC.replace("{defaults}", ", ".join(default_names())).replace("{catalogue}", catalogue()) \
+        .replace("{attack_settings}", "\n".join(lines))
+    return cls
+
+
+AuditSettings = _build()
 
 
 def check_latencies(latencies, trained_T: int | None, index: int, step_readout: bool | None = True) -> list[int] | None:

@@ -33,6 +33,8 @@ def attack_summaries(metrics: dict[str, dict], is_member, settings, *, intervals
     out, eps = {}, {}
     for name, m in metrics.items():
         row = summary(m, SUMMARY, num_nonmembers)
+        if "access" in m:  # what the attack saw of the model (design: every attack states its level)
+            row["access"] = m["access"]
         if intervals and "scores" in m:
             if settings.bootstrap:
                 cis = roc_intervals(m["scores"], is_member, num_bootstrap=settings.bootstrap, seed=settings.query_seed,

@@ -125,7 +125,8 @@ class MembershipAttack(L.Callback):
         self.ref_signals = {}
         for s in self.settings.strategies:
             signals = self.audit.reference_signals(s, device=pl_module.device, progress=self._bars,
-                                                   stats=self.cache_stats, ranks=ranks)
+                                                   stats=self.cache_stats, ranks=ranks,
+                                                   force=self.rotate and self.same_references)
             self.ref_signals[s.name] = None if signals is None else signals[None]  # None: a rank other than 0
 
     # -- per epoch ------------------------------------------------------------------------

@@ -8,21 +8,25 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from audit.attacks import REGISTRY, names_with
 from audit.report import bar_point, dodged_errorbar
 from core.rundir import atomic_write
 
 from .verdicts import aggregate, fmt, target_values
 
-MAIN_ATTACKS = ("attack_p", "attack_r", "rmia_offline", "lira_online")
+MAIN_ATTACKS = tuple(names_with("study"))  # the registered attacks that declare study = True
 METRICS = (("auc", "AUC"), ("tpr@1%fpr", "TPR@1%FPR"), ("tpr@0.1%fpr", "TPR@0.1%FPR"))
-ROC_ATTACK = "rmia_offline"
+ROC_ATTACK = names_with("headline")[0]
 
 
 def main_attack_names(reports: dict[str, dict]) -> list[str]:
-    """rmia_offline etc. and their @dropout variants, in MAIN_ATTACKS order, present in any entry."""
+    """The study's attacks and their @dropout variants present in any entry, in registry order:
+    the registered attacks that declare `study`, then any attack of a user's own (not registered)."""
     present = {n for r in reports.values() for n in r.get("attacks", {})}
+    own = list(dict.fromkeys(n.split("@")[0] for r in reports.values() for n in r.get("attacks", {})
+                             if n.split("@")[0] not in REGISTRY))
     names = []
-    for base in MAIN_ATTACKS:
+    for base in (*MAIN_ATTACKS, *own):
         names += [base] if base in present else []
         names += sorted(n for n in present if n.startswith(base + "@dropout"))
     return names

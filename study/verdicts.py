@@ -28,9 +28,10 @@ from __future__ import annotations
 import math
 
 from attacks import mean_interval, verdict
+from audit.attacks import names_with
 
 METRICS = ("auc", "tpr@1%fpr", "tpr@0.1%fpr", "eps_lb")
-FINDING_ATTACKS = ("rmia_offline", "lira_online", "attack_p")
+FINDING_ATTACKS = tuple(names_with("finding"))  # registered attacks that declare finding = True
 
 
 def target_values(run: dict) -> dict[int, dict]:

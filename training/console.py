@@ -16,6 +16,8 @@ import warnings
 
 from lightning.pytorch.callbacks import ProgressBar
 
+from audit.attacks import names_with
+
 # rank_zero_info lines Lightning prints for every trainer: hardware banners, product tips,
 # and the end-of-fit notice (the tool prints its own report).
 _BANNERS = ("GPU available", "TPU available", "HPU available", "💡 Tip", "`Trainer.fit` stopped", "Seed set to")
@@ -30,6 +32,8 @@ _OURS = (
     # raised inside Lightning by torch >= 2.14's pytree; nothing a user can change
     re.escape("`isinstance(treespec, LeafSpec)` is deprecated"),
 )
+
+HEADLINE = names_with("headline")[0]  # the attack of the epoch line (audit/attacks/)
 
 
 class _DropBanners(logging.Filter):
@@ -63,7 +67,7 @@ def interactive() -> bool:
 
 class EpochProgress(ProgressBar):
     """One bar over a model's epochs (train and validation accuracy and the audit's offline
-    RMIA AUC in the postfix) on a terminal; in a log file, a line when at least
+    headline attack's AUC in the postfix) on a terminal; in a log file, a line when at least
     `min_interval` seconds passed since the last one, and always for the last epoch."""
 
     def __init__(self, label: str = "", min_interval: float = 30.0):
@@ -85,8 +89,9 @@ class EpochProgress(ProgressBar):
     def _summary(self, trainer) -> str:
         m = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
         parts = [f"{k} {m[k]:.3f}" for k in ("train/acc", "val/acc") if k in m]
-        if "attack/rmia_offline/auc" in m:
-            parts.append(f"RMIA AUC {m['attack/rmia_offline/auc']:.3f}")
+        key = f"attack/{HEADLINE}/auc"
+        if key in m:
+            parts.append(f"{HEADLINE} AUC {m[key]:.3f}")
         return ", ".join(parts)
 
     def on_train_start(self, trainer, pl_module) -> None:

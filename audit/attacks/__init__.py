@@ -1,0 +1,281 @@
+"""The attack registry: one module per attack in this package, each an `Attack` subclass
+registered once by its name. An attack declares what it is (name, one-line description,
+paper), what it may see of a model (its access level), what it needs (signals, reference
+models, an auxiliary model it trains), its settings with their checks, and a scoring
+function on tensors that returns [N] scores, higher = more likely a member.
+
+Everything else reads this registry: `AuditSettings` (its flags and checks, `--help`), the
+audit engine (which signals to compute, which attacks can run), report.json / report.md,
+the W&B keys and the study tables. A user's attack is a `{class_path, init_args}` entry
+beside the registered names (`resolve`); `all` selects every registered attack.
+
+Adding an attack: one module here with one `@register` class (modules are found by listing
+this package; `order` places the attack in reports).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import torch
+
+from core.errors import ConfigError
+
+# What an attack may see of a model, from least to most (design, "Signals and queries").
+ACCESS_LEVELS = ("label", "confidence", "steps", "spikes", "membrane")
+# Which reference models an attack needs: none; at least one (IN or OUT); an OUT reference
+# for every audit sample; an IN and an OUT reference for every audit sample.
+REFERENCES = ("none", "any", "out", "in_out")
+# The per-model signals the engine can provide (audit/signals.py): the true-class
+# probability and the rescaled logit per query and sample; the population's; and a model's
+# rescaled logits at each audited epoch (its trajectory, audit/trajectory.py).
+SIGNALS = ("probability", "rescaled_logit", "population", "trajectory")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting of an attack: its default, its type (for the command line), one line of
+    help, and a check that raises ConfigError naming the key (`check(key, value)`)."""
+
+    default: Any
+    type: Any
+    help: str
+    check: Callable[[str, Any], None] = field(default=lambda key, value: None, compare=False)
+
+
+@dataclass
+class AttackData:
+    """What an attack scores from, for one target and one query setting.
+
+    target: the target's signals {"audit/probability": [Q, N], "audit/rescaled_logit": [Q, N],
+    "population/probability": [Q, Z], ...}; references: the same per reference; ref_in: bool
+    [K, N] (None without references); extra: what an attack's `prepare` added (an auxiliary
+    model's predictions, trajectories)."""
+
+    target: dict
+    references: list
+    ref_in: torch.Tensor | None
+    extra: dict = field(default_factory=dict)
+
+    # The signals averaged over the Q queries, as float64 (design: "Signals are averaged over
+    # the Q queries unless an attack says otherwise").
+    @property
+    def p_target(self) -> torch.Tensor:          # [Q, N]
+        return self.target["audit/probability"].double()
+
+    @property
+    def p_references(self) -> torch.Tensor:      # [K, Q, N]
+        return torch.stack([r["audit/probability"] for r in self.references]).double()
+
+    @property
+    def pz_target(self) -> torch.Tensor:         # [Q, Z]
+        return self.target["population/probability"].double()
+
+    @property
+    def pz_references(self) -> torch.Tensor:     # [K, Q, Z]
+        return torch.stack([r["population/probability"] for r in self.references]).double()
+
+    @property
+    def phi_target(self) -> torch.Tensor:        # [N]
+        return self.target["audit/rescaled_logit"].double().mean(0)
+
+    @property
+    def phi_references(self) -> torch.Tensor:    # [K, N]
+        return torch.stack([r["audit/rescaled_logit"] for r in self.references]).double().mean(1)
+
+
+class Attack:
+    """Base class of every attack. Subclasses set the class attributes and `score`.
+
+    An instance holds the attack's settings (`self.args`): a registered attack takes them
+    from `AuditSettings` (the top-level keys its `settings` declare), a user's attack from
+    its `init_args`."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    access: ClassVar[str] = "confidence"
+    signals: ClassVar[tuple[str, ...]] = ("probability",)
+    references: ClassVar[str] = "none"
+    auxiliary: ClassVar[str | None] = None      # the auxiliary model it trains, in words (None: none)
+    settings: ClassVar[dict[str, Setting]] = {}
+    default: ClassVar[bool] = False             # in the default selection (`attacks` unset)
+    study: ClassVar[bool] = False               # a column of the study tables
+    finding: ClassVar[bool] = False             # tested in the study's findings
+    headline: ClassVar[bool] = False            # the attack of the console line and the study's ROC overlay
+    order: ClassVar[int] = 1000                 # position in reports, settings and --help (registered attacks)
+
+    def __init__(self, **args):
+        unknown = sorted(set(args) - set(self.settings))
+        if unknown:
+            raise ConfigError(f"attack {self.report_name()!r}: unknown setting(s) {unknown}; "
+                              f"allowed: {sorted(self.settings) or 'none'}")
+        self.args = {key: args.get(key, s.default) for key, s in self.settings.items()}
+
+    @classmethod
+    def report_name(cls) -> str:
+        return cls.name or cls.__name__
+
+    def check(self, where: str = "") -> "Attack":
+        """Each setting's check (ConfigError naming `where` + the key); returns self."""
+        for key, s in self.settings.items():
+            s.check(f"{where}{key}", self.args[key])
+        return self
+
+    def needs(self, signal: str) -> bool:
+        return signal in self.signals
+
+    def unavailable(self, data: AttackData) -> str | None:
+        """Why this attack cannot score `data` (None: it can). References are checked by the
+        engine from `references`; an attack adds its own conditions here."""
+        return None
+
+    def prepare(self, context) -> dict:
+        """Work before scoring that is not tensor math (an auxiliary model, recorded
+        trajectories): returns what goes into `AttackData.extra`. `context` is the engine's
+        `AttackContext` (audit/engine.py). Default: nothing."""
+        return {}
+
+    def details(self) -> dict:
+        """Facts about this attack's run for report.json's `attack_details` (e.g. an
+        auxiliary model's training budget); {} for none."""
+        return {}
+
+    def score(self, data: AttackData) -> torch.Tensor:
+        """[N] float scores, higher = more likely a member."""
+        raise NotImplementedError
+
+
+REGISTRY: dict[str, type[Attack]] = {}
+
+
+class SpecError(ConfigError):
+    """An entry of `attacks` that names no usable attack (the message is the reason alone)."""
+
+
+def register(cls: type[Attack]) -> type[Attack]:
+    """Class decorator: add `cls` to the registry under `cls.name` (once)."""
+    check_declaration(cls)
+    if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
+        raise ValueError(f"attack {cls.name!r} is registered twice")
+    for key, s in cls.settings.items():  # a setting shared by two attacks is one flag: one meaning
+        for other in REGISTRY.values():
+            if key in other.settings and other.settings[key] != s:
+                raise ValueError(f"setting {key!r} of {cls.name} differs from {other.name}'s")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def check_declaration(cls) -> None:
+    """A declaration the engine can use: a name, a known access level, references and signals."""
+    if not (isinstance(cls, type) and issubclass(cls, Attack)):
+        raise ConfigError(f"attack {getattr(cls, '__name__', cls)!r} is not allowed; allowed: a subclass of "
+                          "audit.attacks.Attack")
+    name = cls.report_name()
+    if cls.access not in ACCESS_LEVELS:
+        raise ConfigError(f"attack {name}: access={cls.access!r} is not allowed; choose one of: {', '.join(ACCESS_LEVELS)}")
+    if cls.references not in REFERENCES:
+        raise ConfigError(f"attack {name}: references={cls.references!r} is not allowed; choose one of: "
+                          f"{', '.join(REFERENCES)}")
+    bad = [s for s in cls.signals if s not in SIGNALS]
+    if bad:
+        raise ConfigError(f"attack {name}: signals {bad} are not provided; choose from: {', '.join(SIGNALS)}")
+    if "@" in name or "," in name or "/" in name or not name.strip():
+        raise ConfigError(f"attack name {name!r} is not allowed; it must be non-empty, without '@', ',' or '/'")
+
+
+def _load_modules() -> None:
+    """Import every module of this package (each registers its attack), then order the
+    registry by each attack's `order`."""
+    for info in pkgutil.iter_modules(__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+    ordered = sorted(REGISTRY.items(), key=lambda item: (item[1].order, item[0]))
+    REGISTRY.clear()
+    REGISTRY.update(ordered)
+
+
+_load_modules()
+
+
+def default_names() -> list[str]:
+    """The attacks run when `attacks` is unset."""
+    return [n for n, cls in REGISTRY.items() if cls.default]
+
+
+def all_settings() -> dict[str, Setting]:
+    """Every registered attack's settings, each once, in registry order (AuditSettings' flags)."""
+    out: dict[str, Setting] = {}
+    for cls in REGISTRY.values():
+        for key, s in cls.settings.items():
+            out.setdefault(key, s)
+    return out
+
+
+def names_with(flag: str) -> list[str]:
+    """Registered attacks with a class flag set (study, finding, headline), in registry order."""
+    return [n for n, cls in REGISTRY.items() if getattr(cls, flag)]
+
+
+def access_of(setting: str, attacks: list[Attack] | None = None) -> str | None:
+    """The access level of an attack setting name such as rmia_offline@flip,T2."""
+    base = setting.split("@")[0]
+    for a in attacks or []:
+        if a.report_name() == base:
+            return a.access
+    cls = REGISTRY.get(base)
+    return cls.access if cls else None
+
+
+def _import_class(path: str, where: str):
+    module, _, attr = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise SpecError(f"class_path {path!r} cannot be imported ({err})") from None
+
+
+def resolve(spec, settings_values: dict, where: str = "") -> Attack:
+    # ConfigError: the reason alone (AuditSettings prefixes the key and value); a setting's
+    # own check names `where` + the setting.
+    """One entry of `attacks` as an Attack instance: a registered name (its settings from
+    `settings_values`, the AuditSettings' top-level keys), or {class_path, init_args} (a
+    user's attack class, constructed with its init_args)."""
+    if isinstance(spec, str):
+        if spec not in REGISTRY:
+            raise SpecError(f"{spec!r} is not a registered attack; allowed: {', '.join(REGISTRY)}, all, or "
+                              "{class_path: module.Class, init_args: {...}} entries")
+        cls = REGISTRY[spec]
+        return cls(**{k: settings_values[k] for k in cls.settings if k in settings_values}).check(where)
+    if isinstance(spec, dict) and isinstance(spec.get("class_path"), str) and set(spec) <= {"class_path", "init_args"}:
+        cls = _import_class(spec["class_path"], where)
+        if not isinstance(cls, type):
+            raise SpecError(f"class_path {spec['class_path']!r} is not a class; allowed: a subclass of "
+                              "audit.attacks.Attack")
+        try:
+            check_declaration(cls)
+        except ConfigError as err:
+            raise SpecError(str(err)) from None
+        init_args = spec.get("init_args") or {}
+        if not isinstance(init_args, dict):
+            raise SpecError(f"init_args={init_args!r} of {spec['class_path']} is not allowed; expected a mapping")
+        return cls(**init_args).check(f"{where}{cls.report_name()}.")
+    raise SpecError(f"{spec!r} is not allowed; allowed: a registered name ({', '.join(REGISTRY)}), all, or "
+                      "{class_path: module.Class, init_args: {...}}")
+
+
+def expand(attacks) -> list:
+    """`attacks` with `all` (a string, or an entry of the list) replaced by every registered name."""
+    items = [attacks] if isinstance(attacks, str) else list(attacks)
+    out = []
+    for a in items:
+        out += list(REGISTRY) if a == "all" else [a]
+    return out
+
+
+def catalogue() -> str:
+    """One line per registered attack, for --help and docs."""
+    return "; ".join(f"{n} ({cls.access}, refs {cls.references}: {cls.description})" for n, cls in REGISTRY.items())
