@@ -17,6 +17,7 @@ from pathlib import Path
 from datamodules.plan import complement
 from lightning_modules import net_name
 
+from .attacks import AttackContext
 from .cache import cached_signals_by_latency
 from .distributed import Ranks
 from .report import print_table, write_report
@@ -84,11 +85,18 @@ class Audit:
             return None
         return {lat: [subset(r[lat], self.positions) for r in per_ref] for lat in latencies}
 
-    def score(self, target: dict, references: list[dict]) -> dict[str, dict]:
+    def score(self, target: dict, references: list[dict], strategy: str = "plain") -> dict[str, dict]:
         """roc_metrics (with curves) of every runnable attack on one setting's signals; an attack
         that cannot score them (its `unavailable`) goes to `late_skipped` with its reason."""
-        return evaluate(self.runnable, target, references, self.ref_in, self.is_member, extra=self.extra,
-                        skipped=self.late_skipped)
+        return evaluate(self.runnable, target, references, self.ref_in, self.is_member, strategy=strategy,
+                        extra={**self.extra, "positions": self.positions}, skipped=self.late_skipped)
+
+    def prepare(self, context: AttackContext) -> None:
+        """Each runnable attack's work before scoring (an auxiliary model, trajectories), on
+        rank 0: what it returns goes to every AttackData of this audit."""
+        self.extra = {}
+        for a in self.runnable:
+            self.extra.update(a.prepare(context))
 
     def skipped_now(self, metrics: dict) -> dict[str, str]:
         """The report's `skipped`: attacks that could not run, and those that could not score
@@ -161,7 +169,7 @@ def rotate(dm, settings: AuditSettings, signals: dict[int, dict[str, dict]], mod
             refs = [signals[k][s.name] for k in audit.refs]
             if acc is None:
                 acc = audit.accuracies(target)
-            metrics.update({setting_name(n, s.name, latency): v for n, v in audit.score(target, refs).items()})
+            metrics.update({setting_name(n, s.name, latency): v for n, v in audit.score(target, refs, s.name).items()})
         attacks, _ = audit.summaries(metrics)
         out[m] = {**acc, "references": audit.refs, "attacks": attacks}
     return out

@@ -29,6 +29,7 @@ from core.errors import ConfigError
 from core.rundir import audit_dir, checkpoint_path, finished_models, read_checkpoint, read_done
 from datamodules.plan import complement
 
+from .attacks import AttackContext
 from .distributed import Ranks
 from .engine import Audit, model_facts, rotate, target_signals_cached
 from .report import LATENCY_METRICS
@@ -101,6 +102,11 @@ def run_audit(dm, settings: AuditSettings, *, latencies=None, report_dir=None, t
             signals[s.name] = (target, references)
     if not ranks.is_zero:
         return None
+    hparams = done.get("hparams") or {}
+    audit.prepare(AttackContext(dm, target_index, hparams, {n: sig[0][lats[0]] for n, sig in signals.items()},
+                                epochs=int(done.get("epochs") or hparams.get("max_epochs") or 1),
+                                checkpoint_sha256=done.get("checkpoint_sha256"), device=device, final=True,
+                                references=audit.refs))
     metrics, acc, series, distinct = {}, None, {}, {}
     for latency in lats:  # report rows latency-major, as one run per latency listed them
         shown = None if latency in (None, trained_T) else latency
@@ -111,7 +117,7 @@ def run_audit(dm, settings: AuditSettings, *, latencies=None, report_dir=None, t
             distinct[setting_name("", s.name, shown).lstrip("@") or "plain"] = distinct_fraction(target)
             if acc is None or (s.name == "plain" and shown is None):
                 acc = audit.accuracies(target)
-            result = audit.score(target, references)
+            result = audit.score(target, references, s.name)
             metrics.update({setting_name(n, s.name, shown): m for n, m in result.items()})
             t = trained_T if latency is None else latency
             for n, m in result.items():

@@ -61,13 +61,14 @@ def runnable(attacks, ref_in: torch.Tensor | None, refs=()) -> tuple[list, dict[
 
 
 def score_attacks(attacks, target: dict, references: list[dict], ref_in: torch.Tensor | None, *,
-                  extra: dict | None = None, skipped: dict | None = None, **settings) -> dict[str, torch.Tensor]:
+                  extra: dict | None = None, skipped: dict | None = None, strategy: str = "plain",
+                  **settings) -> dict[str, torch.Tensor]:
     """Scores [N] per attack (Attack instances, or registered names built with `settings`).
     `target` and each reference are signal dicts of one query strategy ("audit/probability"
     [Q, N], ...); `ref_in` [K, N] the references' membership rows; `extra` what the attacks'
     `prepare` added. An attack whose `unavailable` gives a reason is left out, the reason in
     `skipped` when given."""
-    data = AttackData(target, references, ref_in, extra or {})
+    data = AttackData(target, references, ref_in, extra or {}, strategy)
     out: dict[str, torch.Tensor] = {}
     for a in as_attacks(attacks, **settings):
         why = a.unavailable(data)
@@ -89,7 +90,7 @@ def accuracies(target: dict, is_member: torch.Tensor) -> dict[str, float]:
 
 def evaluate(attacks, target: dict, references: list[dict], ref_in, is_member: torch.Tensor, **kwargs) -> dict[str, dict]:
     """roc_metrics (with the curve) per attack."""
-    attacks = as_attacks(attacks, **{k: v for k, v in kwargs.items() if k not in ("extra", "skipped")})
+    attacks = as_attacks(attacks, **{k: v for k, v in kwargs.items() if k not in ("extra", "skipped", "strategy")})
     access = {a.report_name(): a.access for a in attacks}
     scores = score_attacks(attacks, target, references, ref_in, **kwargs)
     return {name: {**roc_metrics(s, is_member), "scores": s, "access": access[name]} for name, s in scores.items()}

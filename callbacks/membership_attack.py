@@ -27,6 +27,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from attacks import eps_lower_bound
 from audit import LOGGED, Audit, AuditSettings, model_facts
+from audit.attacks import AttackContext
 from audit.cache import store_signals
 from audit.engine import rotate
 from audit.distributed import Ranks
@@ -66,6 +67,7 @@ class MembershipAttack(L.Callback):
         self.history: list[dict] = []
         self.last_metrics: dict | None = None
         self.cache_stats: dict[str, int] = {}
+        self.max_epochs: int | None = None
         self.audit: Audit | None = None
         self._audited_this_fit = False
         self._bars = progress
@@ -130,10 +132,12 @@ class MembershipAttack(L.Callback):
             self.ref_signals[s.name] = None if signals is None else signals[None]  # None: a rank other than 0
 
     # -- per epoch ------------------------------------------------------------------------
+    @staticmethod
+    def _last(trainer) -> bool:
+        return trainer.max_epochs is not None and trainer.max_epochs > 0 and trainer.current_epoch + 1 >= trainer.max_epochs
+
     def _due(self, trainer) -> bool:
-        epoch = trainer.current_epoch
-        last = trainer.max_epochs is not None and trainer.max_epochs > 0 and epoch + 1 >= trainer.max_epochs
-        return (epoch + 1) % self.every_n_epochs == 0 or last
+        return (trainer.current_epoch + 1) % self.every_n_epochs == 0 or self._last(trainer)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not self._active(trainer) or not self._due(trainer):
@@ -141,7 +145,8 @@ class MembershipAttack(L.Callback):
         ranks = Ranks.of(trainer)  # every rank takes part: each queries its shard, rank 0 scores
         if self.audit is None:
             self._prepare(trainer.datamodule, pl_module, ranks)
-        entry, metrics = self.audit_epoch(trainer.datamodule, pl_module, ranks)
+        self.max_epochs = trainer.max_epochs
+        entry, metrics = self.audit_epoch(trainer.datamodule, pl_module, ranks, final=self._last(trainer))
         entry = ranks.broadcast(entry)  # rank 0's numbers, for every rank's history and logs
         entry = {"epoch": trainer.current_epoch, **entry}
         if getattr(pl_module, "private", None) is not None:  # DP-SGD: epsilon spent up to this audit
@@ -156,11 +161,12 @@ class MembershipAttack(L.Callback):
         # equal values, exact, and keeps Lightning from asking for sync_dist on every key.
         pl_module.log_dict(logged, on_epoch=True, sync_dist=ranks.sharded, reduce_fx="max")
 
-    def audit_epoch(self, dm, model, ranks: Ranks | None = None) -> tuple[dict | None, dict | None]:
+    def audit_epoch(self, dm, model, ranks: Ranks | None = None, final: bool = True) -> tuple[dict | None, dict | None]:
         """One audit of `model` (the live target): (history entry, metrics with curves).
-        Under DDP every rank must call it; the other ranks than 0 get (None, None)."""
+        Under DDP every rank must call it; the other ranks than 0 get (None, None). `final`:
+        the last audit of this fit (an attack with an auxiliary model trains it then)."""
         ranks = ranks or Ranks()
-        metrics, acc = {}, None
+        metrics, acc, signals = {}, None, {}
         for s in self.settings.strategies:
             target = compute_signals(model, dm, s, seed=self.settings.query_seed, device=model.device,
                                      progress=self._bars, audit_positions=self.audit.positions, ranks=ranks)
@@ -169,9 +175,15 @@ class MembershipAttack(L.Callback):
             kill_point(f"audit:model_{dm.index}:epoch_{model.current_epoch}")  # kill tests only
             if acc is None:
                 acc = self.audit.accuracies(target)
-            self.last_target_signals[s.name] = target
-            result = self.audit.score(target, self.ref_signals[s.name])
-            metrics.update({setting_name(n, s.name): m for n, m in result.items()})
+            self.last_target_signals[s.name] = signals[s.name] = target
+        if ranks.is_zero:
+            self.audit.late_skipped.clear()
+            self.audit.prepare(AttackContext(dm, 0, dict(model.hparams), signals, epochs=self.max_epochs or 1,
+                                             device=model.device, epoch=model.current_epoch, final=final,
+                                             references=self.audit.refs))
+        for name, target in signals.items():
+            result = self.audit.score(target, self.ref_signals[name], name)
+            metrics.update({setting_name(n, name): m for n, m in result.items()})
         if not ranks.is_zero:
             return None, None
         # Per epoch, the point estimates and eps_lb (intervals only in the final report).
@@ -192,7 +204,8 @@ class MembershipAttack(L.Callback):
             # epoch, and auditing them again gives that epoch's metrics, bit for bit.
             if self.audit is None:
                 self._prepare(trainer.datamodule, pl_module, ranks)
-            _, self.last_metrics = self.audit_epoch(trainer.datamodule, pl_module, ranks)
+            self.max_epochs = trainer.max_epochs
+            _, self.last_metrics = self.audit_epoch(trainer.datamodule, pl_module, ranks, final=True)
         if not trainer.is_global_zero:
             return
         dm, last = trainer.datamodule, self.history[-1]

@@ -1,4 +1,5 @@
-"""Networks of your own, in the `model.net` contract (see the README, "Your own network").
+"""Networks of your own, in the `model.net` contract (see the README, "Your own network"), and an
+attack of your own (my_attack.py, docs/attacks.md).
 
 run.py runs from the repository root, so `examples.my_snn.MySNN` imports there; a
 package of your own works the same way once it is importable (installed, or on

@@ -186,3 +186,16 @@ def test_run_audit_takes_an_attack_of_your_own(own_attack_run):
     assert list(report["attacks"]) == ["loudness"]
     # no reference is queried when no selected attack needs one
     assert report["settings"]["signal_cache"] == {"hits": 1}
+
+
+def test_the_example_attack_runs_on_a_finished_run(own_attack_run):
+    rd, _ = own_attack_run
+    out = rd.parent / "example_report"
+    assert run.main(["audit", "--run_dir", str(rd), "--data.num_references", "2", "--model.width", "0.5", *QUIET,
+                     "--attacks", "[{class_path: examples.my_attack.DifficultyCalibration, init_args: {use: median}}]",
+                     "--report_dir", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["attacks"]) == ["calibrated_loss"] and report["attacks"]["calibrated_loss"]["auc"] > 0
+    with pytest.raises(ConfigError, match="use='mode'"):
+        AuditSettings(attacks=[{"class_path": "examples.my_attack.DifficultyCalibration",
+                                "init_args": {"use": "mode"}}]).check()

@@ -53,12 +53,14 @@ class AttackData:
     target: the target's signals {"audit/probability": [Q, N], "audit/rescaled_logit": [Q, N],
     "population/probability": [Q, Z], ...}; references: the same per reference; ref_in: bool
     [K, N] (None without references); extra: what an attack's `prepare` added (an auxiliary
-    model's predictions, trajectories)."""
+    model's predictions, trajectories, "positions": the audited subset of the audit set or
+    None); strategy: the query strategy's name ("plain", ...)."""
 
     target: dict
     references: list
     ref_in: torch.Tensor | None
     extra: dict = field(default_factory=dict)
+    strategy: str = "plain"
 
     # The signals averaged over the Q queries, as float64 (design: "Signals are averaged over
     # the Q queries unless an attack says otherwise").
@@ -85,6 +87,27 @@ class AttackData:
     @property
     def phi_references(self) -> torch.Tensor:    # [K, N]
         return torch.stack([r["audit/rescaled_logit"] for r in self.references]).double().mean(1)
+
+
+@dataclass
+class AttackContext:
+    """What an attack's `prepare` may use, for one audit of one target: the data module
+    (plan, loaders, run directory), the target's index, hyper-parameters and signals per
+    query strategy (audit set and population), the length of one model's training in epochs,
+    the target's checkpoint hash (None for the live model while it trains), the device, the
+    audited epochs so far (`epoch`, 0-based; None for a finished model), and whether this is
+    the last audit of the target (`final`)."""
+
+    dm: Any
+    target: int
+    hparams: dict
+    target_signals: dict
+    epochs: int
+    checkpoint_sha256: str | None = None
+    device: Any = None
+    epoch: int | None = None
+    final: bool = True
+    references: list = field(default_factory=list)
 
 
 class Attack:
@@ -133,10 +156,9 @@ class Attack:
         engine from `references`; an attack adds its own conditions here."""
         return None
 
-    def prepare(self, context) -> dict:
+    def prepare(self, context: "AttackContext") -> dict:
         """Work before scoring that is not tensor math (an auxiliary model, recorded
-        trajectories): returns what goes into `AttackData.extra`. `context` is the engine's
-        `AttackContext` (audit/engine.py). Default: nothing."""
+        trajectories): returns what goes into `AttackData.extra`. Default: nothing."""
         return {}
 
     def details(self) -> dict:
