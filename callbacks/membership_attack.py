@@ -33,9 +33,12 @@ from audit.engine import rotate
 from audit.distributed import Ranks
 from audit.scoring import setting_name
 from audit.signals import compute_signals
+from audit.trajectory import finish, record
 from core.errors import ConfigError, check_int
 from core.faults import kill_point
 from core.rundir import audit_dir
+
+from .trajectory import TrajectoryRecorder
 
 
 class MembershipAttack(L.Callback):
@@ -139,8 +142,23 @@ class MembershipAttack(L.Callback):
     def _due(self, trainer) -> bool:
         return (trainer.current_epoch + 1) % self.every_n_epochs == 0 or self._last(trainer)
 
+    @property
+    def records_trajectory(self) -> bool:
+        """Whether a selected attack reads trajectories (then every model records its own)."""
+        return any(a.needs("trajectory") for a in self.settings.attack_objects())
+
+    def reference_callbacks(self) -> list:
+        """Callbacks the references' trainers need for the selected attacks."""
+        return [TrajectoryRecorder()] if self.records_trajectory else []
+
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or not self._active(trainer) or not self._due(trainer):
+        if trainer.sanity_checking:
+            return
+        dm = trainer.datamodule
+        if not self._active(trainer) and getattr(dm, "index", 0) and self.records_trajectory:
+            # a reference trained on its own (data.model_index k): it records its trajectory
+            record(dm, dm.index, trainer.current_epoch, model=pl_module, ranks=Ranks.of(trainer))
+        if not self._active(trainer) or not self._due(trainer):
             return
         ranks = Ranks.of(trainer)  # every rank takes part: each queries its shard, rank 0 scores
         if self.audit is None:
@@ -176,6 +194,13 @@ class MembershipAttack(L.Callback):
             if acc is None:
                 acc = self.audit.accuracies(target)
             self.last_target_signals[s.name] = signals[s.name] = target
+        if self.records_trajectory:  # the target's trajectory, from this pass when it has the plain queries
+            # (the same decision on every rank: a pass of its own is collective under DDP)
+            reuse = self.audit.positions is None and "plain" in [s.name for s in self.settings.strategies]
+            if not reuse:
+                record(dm, dm.index, model.current_epoch, model=model, ranks=ranks)
+            elif ranks.is_zero:
+                record(dm, dm.index, model.current_epoch, signals=signals["plain"])
         if ranks.is_zero:
             self.audit.late_skipped.clear()
             self.audit.prepare(AttackContext(dm, 0, dict(model.hparams), signals, epochs=self.max_epochs or 1,
@@ -195,6 +220,9 @@ class MembershipAttack(L.Callback):
 
     # -- end of fit -----------------------------------------------------------------------
     def on_fit_end(self, trainer, pl_module) -> None:
+        dm = trainer.datamodule
+        if self.records_trajectory and trainer.is_global_zero and getattr(dm, "run_dir", None) is not None:
+            finish(dm, dm.index)  # the recorded epochs belong to this final checkpoint
         if not (self._active(trainer) and self.report and self.history):
             return
         ranks = Ranks.of(trainer)

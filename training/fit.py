@@ -125,8 +125,10 @@ def fresh_trainer_kwargs(trainer_cfg: dict) -> dict:
     return {key: build(v) for key, v in trainer_cfg.items() if key not in ("callbacks", "logger")}
 
 
-def reference_parts(k: int, target_model: Classifier, target_dm: MembershipDataModule, cfg, trainer_class):
-    """A fresh trainer, model and data module for reference k (no audit callback)."""
+def reference_parts(k: int, target_model: Classifier, target_dm: MembershipDataModule, cfg, trainer_class,
+                    callbacks=()):
+    """A fresh trainer, model and data module for reference k (no audit callback; `callbacks`:
+    what the target's audit needs of the references, e.g. a trajectory recorder)."""
     L.seed_everything(int(cfg.seed_everything or 0) + k, workers=True, verbose=False)
     hp = {key: v for key, v in target_model.hparams.items() if not key.startswith("_")}
     model = Classifier(**{**hp, **(cfg.references or {})})
@@ -135,7 +137,7 @@ def reference_parts(k: int, target_model: Classifier, target_dm: MembershipDataM
     kwargs = fresh_trainer_kwargs(cfg.trainer.as_dict())
     kwargs.update(default_root_dir=str(model_dir(cfg.run_dir, k)), plugins=with_atomic_checkpoints(kwargs.get("plugins")),
                   logger=make_logger(cfg.trainer.get("logger"), cfg.run_dir, k, facts=model_facts_for_logs(model.hparams, k)),
-                  callbacks=own_callbacks(cfg, k))
+                  callbacks=own_callbacks(cfg, k) + list(callbacks))
     return trainer_class(**kwargs), model, dm
 
 
@@ -167,7 +169,8 @@ def fit_run(trainer, model, datamodule, cfg, ckpt_path=None) -> None:
         for n, k in enumerate(todo, 1):
             if speak:
                 say(f"model {n} of {total}: {role(k)} (model_{k})")
-            ref_trainer, reference, dm = reference_parts(k, model, datamodule, cfg, type(trainer))
+            extra = [c for cb in trainer.callbacks if hasattr(cb, "reference_callbacks") for c in cb.reference_callbacks()]
+            ref_trainer, reference, dm = reference_parts(k, model, datamodule, cfg, type(trainer), extra)
             # Same run, same plan: rank 0 hands over the one it checked (ddp_spawn trains in other
             # processes, so this one's setup() never runs, and done.json needs the plan).
             # The pool too (the data settings are the target's): decoding ImageNette-320 takes

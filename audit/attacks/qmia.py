@@ -116,7 +116,10 @@ class Qmia(Attack):
         hp = {k: v for k, v in dict(ctx.hparams).items() if not k.startswith("_")}
         hp.update({**(self.args["qmia_model"] or {}), "num_classes": 2, "dp": None, "init": "scratch",
                    "init_from": None})
-        with torch.random.fork_rng(devices=[]):  # the target's training RNG stays untouched
+        # Inside the training loop's validation (no grad, inference mode) when the callback runs it;
+        # the target's RNG stays untouched.
+        with torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices=[]):
+            labels = labels.clone()  # a normal tensor, not an inference-mode one
             torch.manual_seed(self.args["qmia_seed"])
             model = Classifier(**hp).to(ctx.device)
             optim = torch.optim.Adam(model.parameters(), lr=hp.get("lr", 3e-3))

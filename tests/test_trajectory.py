@@ -1,0 +1,76 @@
+"""The trajectory attack: the math on synthetic trajectories, and recording on a run."""
+
+import json
+
+import pytest
+import torch
+
+import run
+from attacks import roc_metrics
+from attacks.trajectory import trajectory_lira
+
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+def _trajectories(g, k, e, n, member_rows, gap):
+    """Rescaled logits rising over e epochs; a member's rise is steeper by `gap` per epoch.
+    Epochs share a per-sample-and-model offset (a strong correlation across epochs)."""
+    t = torch.arange(e, dtype=torch.float64)[:, None]
+    base = torch.randn(n, generator=g, dtype=torch.float64)   # per-sample difficulty, shared by models
+    out = []
+    for row in member_rows:                                  # [n] bool per model
+        offset = torch.randn(1, n, generator=g, dtype=torch.float64)
+        noise = 0.3 * torch.randn(e, n, generator=g, dtype=torch.float64)
+        out.append(base + t * (0.5 + gap * row.double()) + offset + noise)
+    return torch.stack(out)                                   # [models, e, n]
+
+
+@pytest.mark.parametrize("gap, low, high", [(0.3, 0.85, 1.0), (0.0, 0.4, 0.6)])
+def test_trajectories_that_separate_members_are_detected(gap, low, high):
+    g = torch.Generator().manual_seed(0)
+    k, e, n = 8, 6, 2000
+    rows = [torch.rand(n, generator=g) < 0.5 for _ in range(k // 2)]
+    ref_in = torch.stack([r for row in rows for r in (row, ~row)])
+    member = torch.rand(n, generator=g) < 0.5
+    both = _trajectories(g, k + 1, e, n, [member, *ref_in], gap)
+    scores = trajectory_lira(both[0], both[1:], ref_in)
+    auc = roc_metrics(scores, member)["auc"]
+    assert low <= auc <= high, auc
+    if gap:  # the whole trajectory says more than its last epoch alone
+        last = roc_metrics(trajectory_lira(both[0, -1:], both[1:, -1:], ref_in), member)["auc"]
+        assert auc > last
+
+
+def test_trajectory_needs_in_and_out_references():
+    with pytest.raises(ValueError, match="IN reference"):
+        trajectory_lira(torch.zeros(2, 3), torch.zeros(1, 2, 3), torch.zeros(1, 3, dtype=torch.bool))
+
+
+def test_fit_records_every_models_trajectory_and_scores_it(tmp_path):
+    rd = tmp_path / "run"
+    common = ["--run_dir", str(rd), "--data.num_references", "2", "--model.width", "0.5", *QUIET]
+    assert run.main(["fit", *common, "--trainer.max_epochs", "2",
+                     "--trainer.callbacks.attacks", "[rmia_offline, qmia, trajectory]"]) == 0
+    for k in (0, 1, 2):
+        folder = rd / f"model_{k}" / "trajectory"
+        assert sorted(p.name for p in folder.glob("epoch_*.pt")) == ["epoch_0.pt", "epoch_1.pt"], k
+        assert (folder / "index.json").is_file()
+    report = json.loads((rd / "audit" / "report.json").read_text())
+    assert list(report["attacks"]) == ["rmia_offline", "qmia", "trajectory"]
+    assert "trajectory" not in report["history"][0]["attacks"] and "trajectory" in report["history"][1]["attacks"]
+    assert "qmia" in report["attack_details"] and not report["skipped"]
+    # a finished run: read back, never recomputed
+    stamp = (rd / "model_1" / "trajectory" / "epoch_0.pt").stat().st_mtime_ns
+    assert run.main(["audit", *common, "--attacks", "[trajectory]", "--report_dir", str(tmp_path / "a")]) == 0
+    again = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert again["attacks"]["trajectory"]["auc"] == report["attacks"]["trajectory"]["auc"]
+    assert (rd / "model_1" / "trajectory" / "epoch_0.pt").stat().st_mtime_ns == stamp
+
+
+def test_one_epoch_is_skipped_with_its_reason(tmp_path):
+    rd = tmp_path / "run"
+    assert run.main(["fit", "--run_dir", str(rd), "--data.num_references", "2", "--model.kind", "ann",
+                     "--model.width", "0.25", *QUIET, "--trainer.max_epochs", "1",
+                     "--trainer.callbacks.attacks", "[attack_p, trajectory]"]) == 0
+    report = json.loads((rd / "audit" / "report.json").read_text())
+    assert list(report["attacks"]) == ["attack_p"] and ">= 2 audited epochs" in report["skipped"]["trajectory"]
