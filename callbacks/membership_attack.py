@@ -53,8 +53,8 @@ class MembershipAttack(L.Callback):
                 others as its references) and report the mean and 95% interval across them; only
                 when the references share the target's settings (no --references override).
             settings: the audit settings (audit.AuditSettings): queries, attacks, query_seed,
-                audit_subset, subset_seed, rmia_offline_a, rmia_gamma, rmia_per_query,
-                lira_fix_variance.
+                audit_subset, subset_seed, bootstrap, eps_delta, exclude_complement, and every
+                registered attack's settings (audit/attacks/).
         """
         super().__init__()
         # Checked in check() (run.py calls it before any training) and in setup(), not
