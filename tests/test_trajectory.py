@@ -74,3 +74,17 @@ def test_one_epoch_is_skipped_with_its_reason(tmp_path):
                      "--trainer.callbacks.attacks", "[attack_p, trajectory]"]) == 0
     report = json.loads((rd / "audit" / "report.json").read_text())
     assert list(report["attacks"]) == ["attack_p"] and ">= 2 audited epochs" in report["skipped"]["trajectory"]
+
+
+def test_references_trained_one_by_one_record_their_trajectories(tmp_path):
+    """data.model_index k (how a cluster spreads the work): the callback on a reference records it."""
+    rd = tmp_path / "run"
+    common = ["--run_dir", str(rd), "--data.num_references", "2", "--model.kind", "ann", "--model.width", "0.25",
+              *QUIET, "--trainer.max_epochs", "2", "--trainer.callbacks.attacks", "[trajectory]"]
+    for k in (1, 2, 0):
+        assert run.main(["fit", *common, "--data.model_index", str(k)]) == 0
+    for k in (1, 2):
+        assert (rd / f"model_{k}" / "trajectory" / "index.json").is_file()
+        assert len(list((rd / f"model_{k}" / "trajectory").glob("epoch_*.pt"))) == 2
+    report = json.loads((rd / "audit" / "report.json").read_text())
+    assert list(report["attacks"]) == ["trajectory"] and not report["skipped"]
