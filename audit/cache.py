@@ -5,10 +5,13 @@ seed) and cached in the model's directory, whether the model serves as target or
     model_<k>/signals/<strategy>__T<t>__seed<s>.json  checkpoint sha256, plan, precision, sizes
 
 A cache entry is used only when its JSON matches the checkpoint's content hash, the
-plan's fingerprint, the strategy, the latency, the mask seed and the training precision, and its tensors match the
+plan's fingerprint, the model index and membership row the checkpoint was trained as, the
+strategy, the latency, the mask seed and the training precision, and its tensors match the
 hash recorded in the JSON and have the shapes and types the key implies; anything else is
 recomputed, with a warning when the entry was damaged. A checkpoint that no longer matches
-the hash its done.json recorded is an error, never audited. Signals, not logits, are kept (audit/signals.py): 9 MB per model at
+the hash its done.json recorded is an error, never audited, and so is a model folder whose
+done.json says it holds another model (folders swapped by hand): that is checked on every
+call, hit or miss, because the cache travels with the folder and matches its own checkpoint. Signals, not logits, are kept (audit/signals.py): 9 MB per model at
 N = 60,000 and Q = 30, so a K = 64 study holds about 0.6 GB of attack inputs.
 
 A direct-encoded SNN's missing entries for several latencies are filled from one run
@@ -24,8 +27,8 @@ import torch
 
 from attacks import parse_query
 from core.errors import ConfigError, first_line
-from core.rundir import (atomic_write, checkpoint_path, file_sha256, read_done, signals_dir, tensors_sha256,
-                         verify_checkpoint, write_json)
+from core.rundir import (atomic_write, check_model_folder, checkpoint_path, file_sha256, read_done, retrain_command,
+                         signals_dir, tensors_sha256, verify_checkpoint, write_json)
 from lightning_modules import Classifier
 
 from .distributed import Ranks
@@ -36,12 +39,15 @@ def cache_key(strategy, T: int | None, seed: int) -> str:
     return f"{parse_query(strategy).name}__T{T if T is not None else 'ann'}__seed{seed}"
 
 
-def entry_key(checkpoint_sha: str | None, datamodule, strategy, T: int | None, seed: int,
+def entry_key(checkpoint_sha: str | None, datamodule, strategy, T: int | None, seed: int, index: int,
               precision: str | None) -> dict:
-    """What a cache entry was computed for: the checkpoint's bytes, the plan, the query
-    strategy, the latency, the mask seed, the sizes, and the precision the model was trained
-    in (its done.json `precision`; the signals themselves are always float32)."""
-    return {"checkpoint_sha256": checkpoint_sha, "plan": datamodule.plan.fingerprint, "strategy": strategy.name,
+    """What a cache entry was computed for: the checkpoint's bytes, the plan, the model index
+    and its membership row (what the checkpoint was trained as), the query strategy, the
+    latency, the mask seed, the sizes, and the precision the model was trained in (its
+    done.json `precision`; the signals themselves are always float32)."""
+    row = datamodule.membership[index]
+    return {"checkpoint_sha256": checkpoint_sha, "plan": datamodule.plan.fingerprint, "model_index": index,
+            "membership_sha256": tensors_sha256({"row": row}), "strategy": strategy.name,
             "T": T, "seed": seed, "precision": precision, "audit_size": int(datamodule.membership.shape[1]),
             "population_size": int(len(datamodule.population_indices))}
 
@@ -65,7 +71,7 @@ def store_signals(run_dir, index: int, datamodule, strategy, T: int | None, seed
     directory = signals_dir(run_dir, index)
     name = cache_key(strategy, T, seed)
     write_entry((directory / f"{name}.pt", directory / f"{name}.json"),
-                entry_key(file_sha256(ckpt), datamodule, strategy, T, seed, precision), tensors)
+                entry_key(file_sha256(ckpt), datamodule, strategy, T, seed, index, precision), tensors)
 
 
 def cached_signals(run_dir, index: int, datamodule, strategy, *, seed: int = 0, T: int | None = None,
@@ -101,6 +107,9 @@ def cached_signals_by_latency(run_dir, index: int, datamodule, strategy, latenci
     strategy = parse_query(strategy)
     directory = signals_dir(run_dir, index)
     done = read_done(run_dir, index)
+    # On every call, hit or miss: the folder holds model `index` of this plan (its done.json,
+    # which records its checkpoint's hash, says so). The entries below travel with the folder.
+    check_model_folder(run_dir, index, done, fingerprint)
     latencies = list(dict.fromkeys(latencies)) or [None]
     # The latency is part of the key: an ANN has none, an SNN runs at T (None: as trained).
     effective = {lat: None if done.get("kind") == "ann" else (done.get("T") if lat is None else lat) for lat in latencies}
@@ -112,15 +121,18 @@ def cached_signals_by_latency(run_dir, index: int, datamodule, strategy, latenci
     error = None
     if ranks.is_zero:
         sha = None
-        if ckpt.is_file():
+        todo = f"restore it, or retrain that model with `{retrain_command(index)}`"
+        if not ckpt.is_file():
+            error = f"checkpoint {ckpt} of the finished model_{index} is missing; {todo}"
+        else:
             try:  # the checkpoint the model finished with, not one changed since
-                verify_checkpoint(ckpt, f"checkpoint {ckpt}", done.get("checkpoint_sha256"))
+                verify_checkpoint(ckpt, f"checkpoint {ckpt}", done.get("checkpoint_sha256"), hint=todo)
                 sha = file_sha256(ckpt)
             except ConfigError as err:
                 error = str(err)
         for T in Ts if error is None else []:
             data_path, meta_path = paths[T]
-            metas[T] = meta = entry_key(sha, datamodule, strategy, T, seed, done.get("precision"))
+            metas[T] = meta = entry_key(sha, datamodule, strategy, T, seed, index, done.get("precision"))
             if not (meta_path.is_file() and data_path.is_file()):
                 continue
             try:

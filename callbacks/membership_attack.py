@@ -28,7 +28,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from attacks import eps_lower_bound
 from audit import LOGGED, Audit, AuditSettings, model_facts
 from audit.attacks import AttackContext
-from audit.cache import store_signals
+from audit.cache import cached_signals, store_signals
 from audit.engine import rotate
 from audit.distributed import Ranks
 from audit.scoring import setting_name
@@ -36,7 +36,7 @@ from audit.signals import compute_signals
 from audit.trajectory import finish, record
 from core.errors import ConfigError, check_int
 from core.faults import kill_point
-from core.rundir import audit_dir
+from core.rundir import audit_dir, done_path
 
 from .trajectory import TrajectoryRecorder
 
@@ -99,9 +99,15 @@ class MembershipAttack(L.Callback):
 
     def owed_files(self, trainer) -> list:
         """What the target owes before it counts as finished: the report and its plot."""
-        if not (self.report and self._active(trainer)):
+        if not self._active(trainer):
             return []
-        out = audit_dir(trainer.datamodule.run_dir)
+        return self.owed_by(trainer.datamodule.run_dir, trainer.datamodule.index)
+
+    def owed_by(self, run_dir, index: int) -> list:
+        """The files model `index` of `run_dir` owes (a rerun re-verifies them): the target's report set."""
+        if not (self.report and run_dir is not None and index == 0):
+            return []
+        out = audit_dir(run_dir)
         return [out / "report.json", out / "report.md", out / "roc.png"]
 
     # -- preparation ----------------------------------------------------------------------
@@ -179,15 +185,20 @@ class MembershipAttack(L.Callback):
         # equal values, exact, and keeps Lightning from asking for sync_dist on every key.
         pl_module.log_dict(logged, on_epoch=True, sync_dist=ranks.sharded, reduce_fx="max")
 
-    def audit_epoch(self, dm, model, ranks: Ranks | None = None, final: bool = True) -> tuple[dict | None, dict | None]:
+    def audit_epoch(self, dm, model, ranks: Ranks | None = None, final: bool = True,
+                    cached: dict | None = None) -> tuple[dict | None, dict | None]:
         """One audit of `model` (the live target): (history entry, metrics with curves).
         Under DDP every rank must call it; the other ranks than 0 get (None, None). `final`:
-        the last audit of this fit (an attack with an auxiliary model trains it then)."""
+        the last audit of this fit (an attack with an auxiliary model trains it then).
+        `cached`: the target's signals per strategy name, read from the cache (no query)."""
         ranks = ranks or Ranks()
         metrics, acc, signals = {}, None, {}
         for s in self.settings.strategies:
-            target = compute_signals(model, dm, s, seed=self.settings.query_seed, device=model.device,
-                                     progress=self._bars, audit_positions=self.audit.positions, ranks=ranks)
+            if cached is not None:
+                target = cached[s.name]
+            else:
+                target = compute_signals(model, dm, s, seed=self.settings.query_seed, device=model.device,
+                                         progress=self._bars, audit_positions=self.audit.positions, ranks=ranks)
             if target is None:  # a rank other than 0: its shard is gathered on rank 0
                 continue
             kill_point(f"audit:model_{dm.index}:epoch_{model.current_epoch}")  # kill tests only
@@ -230,10 +241,13 @@ class MembershipAttack(L.Callback):
             # A rerun after a kill between the last epoch and the report: training is complete,
             # so no epoch runs; the last checkpoint holds the weights of the last audited
             # epoch, and auditing them again gives that epoch's metrics, bit for bit.
+            # A finished target whose report was lost: its signals come from the cache (the
+            # entry written with the report, checked against its checkpoint), not a new query.
             if self.audit is None:
                 self._prepare(trainer.datamodule, pl_module, ranks)
             self.max_epochs = trainer.max_epochs
-            _, self.last_metrics = self.audit_epoch(trainer.datamodule, pl_module, ranks, final=True)
+            cached = self._cached_target_signals(trainer.datamodule, pl_module, ranks)
+            _, self.last_metrics = self.audit_epoch(trainer.datamodule, pl_module, ranks, final=True, cached=cached)
         if not trainer.is_global_zero:
             return
         dm, last = trainer.datamodule, self.history[-1]
@@ -253,6 +267,15 @@ class MembershipAttack(L.Callback):
                                                 "precision": str(trainer.precision)},
             targets=targets)
         log_roc_to_wandb(trainer, report)
+
+    def _cached_target_signals(self, dm, pl_module, ranks: Ranks) -> dict | None:
+        """The finished target's signals per strategy from its signal cache, or None (not
+        finished, an audit_subset, several processes): then the target is queried again."""
+        if self.audit.positions is not None or ranks.sharded or not done_path(dm.run_dir, 0).is_file():
+            return None
+        return {s.name: cached_signals(dm.run_dir, 0, dm, s, seed=self.settings.query_seed,
+                                       T=getattr(pl_module, "T", None), device=pl_module.device)
+                for s in self.settings.strategies}
 
     def _cache_target_signals(self, dm, pl_module) -> None:
         """The target's final signals go to the signal cache like any model's, so that a later

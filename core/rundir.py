@@ -13,12 +13,14 @@ checkpoint or decides where a file of the run directory lives.
         signals/<key>.{pt,json}     cached attack signals (audit/cache.py)
         logs/                       CSV logs; wandb/ for W&B
       audit/                        report.json, report.md, roc.png (audit/report.py)
+      replaced/model_<k>.<time>/    a model folder that `fit --retrain true` moved aside (never deleted)
 
 The layout is a public contract: docs/design.md, "Run directory".
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -299,3 +301,129 @@ def read_done(run_dir: str | Path, index: int) -> dict:
 def finished_models(run_dir: str | Path, indices) -> list[int]:
     """The models among `indices` whose training finished (model_<k>/done.json exists)."""
     return [k for k in indices if done_path(run_dir, k).is_file()]
+
+
+# -- re-verifying a finished model --------------------------------------------------------------
+def retrain_command(index: int) -> str:
+    """The command that really retrains model `index` (it moves the old folder aside first)."""
+    return f"run.py fit --data.model_index {index} --retrain true"
+
+
+def check_model_folder(run_dir: str | Path, index: int, done: dict, plan_fingerprint: dict | None = None) -> None:
+    """model_<index>/ holds model `index` of this plan: its done.json (which records the hash of
+    the checkpoint it finished with) says so. Folders swapped or moved by hand are refused in
+    one line naming both folders, before any of their files (checkpoint, signal caches) is used."""
+    recorded = done.get("model_index")
+    folder = model_dir(run_dir, index)
+    if recorded != index:
+        other = f"model_{recorded}/" if isinstance(recorded, int) else "another folder"
+        raise ConfigError(f"{folder}/ holds the files of model {recorded!r} (its done.json, checkpoint and signal "
+                          f"caches were made as model {recorded!r}): model folders were swapped or moved; put "
+                          f"model_{index}/ and {other} back where they belong (each model_<k>/ must hold model k)")
+    if plan_fingerprint is not None and done.get("plan") is not None and done["plan"] != dict(plan_fingerprint):
+        raise ConfigError(f"{folder}/ finished on plan {done['plan']}, not on this run directory's plan "
+                          f"{dict(plan_fingerprint)}: it was copied from another run; restore this run's "
+                          f"model_{index}/ or retrain it ({retrain_command(index)})")
+
+
+def verify_finished(run_dir: str | Path, index: int, plan_fingerprint: dict | None = None) -> dict:
+    """done.json of a finished model, re-verified: it is model `index` of this plan, and its
+    checkpoint exists and matches the hash recorded when it finished. Every failure is one
+    ConfigError naming the file and the command that retrains the model."""
+    done = read_done(run_dir, index)
+    check_model_folder(run_dir, index, done, plan_fingerprint)
+    ckpt = checkpoint_path(run_dir, index)
+    todo = f"restore it, or retrain that model with `{retrain_command(index)}` (the same config otherwise)"
+    if not ckpt.is_file():
+        raise ConfigError(f"model_{index} finished earlier but its checkpoint {ckpt} is missing; {todo}")
+    verify_checkpoint(ckpt, f"checkpoint {ckpt} of the finished model_{index}", done.get("checkpoint_sha256"),
+                      hint=todo)
+    return done
+
+
+def retire_model_folder(run_dir: str | Path, index: int) -> list[tuple[Path, Path]]:
+    """`fit --retrain true`: move model_<index>/ (and, for the target, audit/, whose report it
+    wrote) to run_dir/replaced/<name>.<UTC time>/, so the model trains from scratch and
+    nothing of the old one is deleted. Returns the (old, new) paths moved."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    moved = []
+    for old in [model_dir(run_dir, index), *([audit_dir(run_dir)] if index == 0 else [])]:
+        if not old.exists():
+            continue
+        new = Path(run_dir) / "replaced" / f"{old.name}.{stamp}"
+        n = 1
+        while new.exists():
+            n += 1
+            new = Path(run_dir) / "replaced" / f"{old.name}.{stamp}.{n}"
+        new.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(old, new)
+        moved.append((old, new))
+    return moved
+
+
+# -- the run directory itself ---------------------------------------------------------------------
+def check_run_dir(run_dir: str) -> None:
+    """--run_dir is a folder this process can create or write, checked before anything is
+    written: not an existing file, no file on its path, not on a read-only file system, not
+    a folder whose permissions refuse writing. A one-line ConfigError otherwise."""
+    path = Path(run_dir)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"run_dir={run_dir!r} is an existing file, not a folder; give a folder path "
+                          "(it is made if missing)")
+    probe = path
+    while not probe.exists():  # the nearest existing folder on the path: the one that must be writable
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ConfigError(f"run_dir={run_dir!r} cannot be made: {probe} on its path is a file, not a folder")
+    # os.access asks the kernel as this user: it answers EROFS on a read-only mount even for root.
+    if not os.access(probe, os.W_OK | os.X_OK):
+        why = "a read-only file system" if _read_only(probe) else "no write permission"
+        raise ConfigError(f"run_dir={run_dir!r} cannot be written ({why} at {probe}); give a folder you can write")
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def damaged(path: str | Path) -> str | None:
+    """Why a report file cannot be trusted (missing, empty, not parseable), or None when it is
+    whole: report.json must be a JSON object, report.md UTF-8 text, a .png a complete image
+    (Pillow's verify reads every chunk and its checksum, so a truncated file fails)."""
+    path = Path(path)
+    if not path.is_file():
+        return "missing"
+    try:
+        data = path.read_bytes()
+        if not data:
+            return "empty"
+        if path.suffix == ".json":
+            if not isinstance(json.loads(data), dict):
+                return "not a JSON object"
+        elif path.suffix == ".md":
+            data.decode("utf-8")
+        elif path.suffix == ".png":
+            import io
+
+            from PIL import Image
+
+            with Image.open(io.BytesIO(data)) as image:
+                image.verify()
+    except Exception as err:
+        return f"unreadable ({first_line(err)})"
+    return None
+
+
+def disk_full(err: BaseException) -> bool:
+    """Whether `err` (or what caused it) is a full disk or an exhausted quota."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(err) or "file write failed" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False

@@ -141,5 +141,5 @@ def load_imagefolder(root: str | Path, image_size=None, resize=None, num_workers
             done += 1
     files = [Path(path).relative_to(root) for f in folders for path, _ in f.samples]
     counts = torch.bincount(labels, minlength=len(classes)).tolist()
-    identity = folder_identity(root, files, classes, counts, image_size=size, resize=resize)
+    identity = folder_identity(root, files, classes, counts, contents=True, image_size=size, resize=resize)
     return images, labels, identity

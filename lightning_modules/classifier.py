@@ -31,7 +31,7 @@ from core.errors import ConfigError, check_choice, check_int, check_number, firs
 from core.rundir import read_checkpoint
 from .conversion import INITS, check_convert_mode, initialise
 from .networks import ARCHS, NEURONS, NORMS, SURROGATES, Normalize, build_network
-from .privacy import PrivateTraining, check_dp, check_trainer
+from .privacy import PrivateTraining, check_dp, check_trainer, fix_modules
 from .user_net import build_user_net, check_contract
 
 KINDS = ("ann", "snn")
@@ -112,7 +112,9 @@ class Classifier(L.LightningModule):
             norm: the normalisation after each conv: batch (BatchNorm) or group (GroupNorm, per
                 sample); null: group with model.dp, batch without.
             dp: DP-SGD with Opacus (lightning_modules/privacy.py): {epsilon | noise_multiplier,
-                delta, max_grad_norm[, accountant: rdp | prv]}; null trains without DP.
+                delta, max_grad_norm[, accountant: rdp | prv][, fix_modules: true]}; null trains
+                without DP. fix_modules replaces what DP-SGD cannot train in a user's network
+                (BatchNorm by GroupNorm, Opacus' ModuleValidator.fix).
         """
         super().__init__()
         check_choice("model.kind", kind, KINDS)
@@ -192,6 +194,8 @@ class Classifier(L.LightningModule):
             self.register_buffer("init_done", torch.zeros((), dtype=torch.bool))
         # DP-SGD: per-sample gradient hooks on self.net (active in training mode only), noise,
         # accountant. MembershipDataModule reads poisson_sampling to draw Poisson batches.
+        if dp_settings and dp_settings.fix_modules:
+            self.net = fix_modules(self.net)
         self.private = PrivateTraining(dp_settings, self.net, time_major=kind == "snn") if dp_settings else None
         self.poisson_sampling = self.private is not None
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")

@@ -15,11 +15,14 @@ clip per (time step, sample) row, and the accounting, which counts a sample once
 be silently wrong. Here Opacus is told that an SNN's batch is dimension 1: it hands our grad
 samplers [B, T, ...] and they sum over T, so each sample's gradient is that of its own loss
 through all its T steps. An ANN's layers are batch-first and get the same rules on [B, ...].
-BatchNorm mixes the samples of a batch and has no per-sample gradient: DP needs model.norm=group.
+BatchNorm mixes the samples of a batch and has no per-sample gradient: DP needs model.norm=group
+for a built-in network; in a user's network (model.net), model.dp.fix_modules=true replaces it
+(Opacus' ModuleValidator.fix: BatchNorm by GroupNorm) and says what it replaced.
 """
 
 from __future__ import annotations
 
+import sys
 import warnings
 from dataclasses import asdict, dataclass
 
@@ -40,7 +43,7 @@ from core.errors import ConfigError, check_choice, check_number
 # Opacus' hooks on the first layer, whose input (the data) needs no gradient, make torch warn at every step.
 warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed with respect to module outputs")
 
-DP_KEYS = ("epsilon", "noise_multiplier", "delta", "max_grad_norm", "accountant")
+DP_KEYS = ("epsilon", "noise_multiplier", "delta", "max_grad_norm", "accountant", "fix_modules")
 ACCOUNTANTS = ("rdp", "prv")
 
 
@@ -54,13 +57,14 @@ class DPSettings:
     epsilon: float | None = None
     noise_multiplier: float | None = None
     accountant: str = "rdp"
+    fix_modules: bool = False  # replace what DP-SGD cannot train (BatchNorm) with Opacus' ModuleValidator.fix
 
 
 def check_dp(dp) -> DPSettings | None:
     """model.dp as DPSettings (None: no DP); a bad value is a ConfigError naming its key."""
     if dp is None:
         return None
-    shape = "{epsilon | noise_multiplier, delta, max_grad_norm[, accountant: rdp | prv]}"
+    shape = "{epsilon | noise_multiplier, delta, max_grad_norm[, accountant: rdp | prv][, fix_modules: bool]}"
     if not isinstance(dp, dict):
         raise ConfigError(f"model.dp={dp!r} is not allowed; expected null (no DP) or a mapping {shape}")
     unknown = sorted(str(k) for k in set(dp) - set(DP_KEYS))
@@ -79,8 +83,35 @@ def check_dp(dp) -> DPSettings | None:
     check_number("model.dp.max_grad_norm", dp["max_grad_norm"], 0, low_open=True)
     accountant = dp.get("accountant", "rdp")
     check_choice("model.dp.accountant", accountant, ACCOUNTANTS)
+    fix = dp.get("fix_modules", False)
+    if not isinstance(fix, bool):
+        raise ConfigError(f"model.dp.fix_modules={fix!r} is not allowed; expected true (replace the layers DP-SGD "
+                          "cannot train, e.g. BatchNorm by GroupNorm) or false")
     return DPSettings(delta=float(dp["delta"]), max_grad_norm=float(dp["max_grad_norm"]), accountant=accountant,
-                      **{given[0]: float(dp[given[0]])})
+                      fix_modules=fix, **{given[0]: float(dp[given[0]])})
+
+
+_SAID: set = set()
+
+
+def fix_modules(net: nn.Module) -> nn.Module:
+    """model.dp.fix_modules: Opacus' ModuleValidator.fix on the network (BatchNorm becomes
+    GroupNorm, and whatever else Opacus has a fixer for), with one line saying what it replaced.
+    Deterministic, so a network rebuilt from a checkpoint's hyper-parameters gets the same
+    layers and loads the same state."""
+    from opacus.validators import ModuleValidator
+
+    before = {name: type(m).__name__ for name, m in net.named_modules()}
+    fixed = ModuleValidator.fix(net)
+    after = {name: type(m).__name__ for name, m in fixed.named_modules()}
+    replaced = [f"{name} ({kind} -> {after[name]})" for name, kind in before.items()
+                if name in after and after[name] != kind]
+    line = (f"model.dp.fix_modules: replaced {len(replaced)} module(s): {', '.join(replaced)}" if replaced
+            else "model.dp.fix_modules: nothing to replace")
+    if line not in _SAID:  # once per process: the model is rebuilt from checkpoints too
+        _SAID.add(line)
+        print(line, file=sys.stderr, flush=True)
+    return fixed
 
 
 def check_trainer(dp, trainer) -> None:
@@ -185,7 +216,9 @@ class PrivateTraining:
         try:
             self.hooks = GradSampleModule(net, batch_first=not time_major, loss_reduction="sum", strict=True)
         except NotImplementedError as err:  # a trainable layer with buffers: BatchNorm
-            raise ConfigError(f"model.dp: {str(err).strip().splitlines()[0]} (set model.norm=group)") from None
+            raise ConfigError(f"model.dp: {str(err).strip().splitlines()[0]}; set model.dp.fix_modules=true to replace "
+                              "such layers (BatchNorm by GroupNorm, with Opacus' ModuleValidator.fix), or change the "
+                              "network") from None
         self.accountant = create_accountant(settings.accountant)
         self.noise_multiplier = settings.noise_multiplier
         self.sample_rate: float | None = None

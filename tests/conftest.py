@@ -3,6 +3,10 @@ import os
 os.environ.setdefault("WANDB_MODE", "offline")  # no network here; W&B must never try to log in
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("PYTHONWARNINGS", "ignore")
+if "SNN_MIA_CACHE_DIR" not in os.environ:  # per-file hashes of data folders (datamodules/identity.py): not ~/.cache
+    import tempfile
+
+    os.environ["SNN_MIA_CACHE_DIR"] = tempfile.mkdtemp(prefix="snn_mia_cache_")
 
 import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402

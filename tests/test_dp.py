@@ -316,3 +316,17 @@ def test_bad_dp_values_end_in_one_line_and_write_nothing(tmp_path, capsys, flags
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) >= 1 and err[-1].startswith("error: ") and key in err[-1], err
     assert not (tmp_path / "r").exists()
+
+
+def test_dp_on_a_users_network_with_batchnorm_needs_fix_modules(capsys):
+    """A user's network is not built by model.norm: the refusal names model.dp.fix_modules, and
+    with it Opacus' ModuleValidator.fix replaces the BatchNorm, says so, and DP-SGD trains."""
+    net = {"class_path": "tests.user_nets.BatchNormMLP", "init_args": {"hidden": 16}}
+    with pytest.raises(ConfigError, match="model.dp.fix_modules=true") as err:
+        Classifier(kind="ann", net=net, dp=DP)
+    assert "\n" not in str(err.value) and "model.norm" not in str(err.value)
+    model = Classifier(kind="ann", net=net, dp={**DP, "fix_modules": True})
+    assert "replaced 1 module(s): net.2 (BatchNorm1d -> GroupNorm)" in capsys.readouterr().err
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in model.modules())
+    with pytest.raises(ConfigError, match="model.dp.fix_modules='yes' is not allowed"):
+        Classifier(kind="ann", net=net, dp={**DP, "fix_modules": "yes"})

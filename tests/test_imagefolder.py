@@ -169,3 +169,63 @@ def test_unknown_dataset_and_sizes_of_built_in_datasets_are_refused():
         MembershipDataModule(dataset="imagenet")
     with pytest.raises(ConfigError, match="data.image_size=16 is not allowed with data.dataset='digits'"):
         MembershipDataModule(image_size=16)
+
+
+@pytest.mark.parametrize("keep_mtime", [False, True])
+def test_two_same_size_images_swapped_between_classes_are_another_dataset(tmp_path, keep_mtime):
+    import os
+
+    root, run = tmp_path / "data", str(tmp_path / "run")
+    write_image_folder(root, SPLIT_LAYOUT)
+    a, b = root / "train" / "cat" / "img_000.png", root / "train" / "dog" / "img_000.png"
+    data_a, data_b = a.read_bytes(), b.read_bytes()
+    assert len(data_a) == len(data_b) and data_a != data_b  # names and sizes cannot tell them apart
+    MembershipDataModule(dataset="imagefolder", root=str(root), image_size=8, population=2, run_dir=run).setup()
+    times = {p: (p.stat().st_atime_ns, p.stat().st_mtime_ns) for p in (a, b)}
+    a.write_bytes(data_b)
+    b.write_bytes(data_a)
+    if keep_mtime:  # the cache must not trust a modification time set back by hand
+        for p, t in times.items():
+            os.utime(p, ns=t)
+    with pytest.raises(ConfigError, match="other contents") as err:
+        MembershipDataModule(dataset="imagefolder", root=str(root), image_size=8, population=2, run_dir=run).setup()
+    assert "the dataset under data.root changed" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_rerun_reads_only_the_files_that_changed(tmp_path, monkeypatch):
+    import builtins
+
+    from datamodules import identity
+
+    write_image_folder(tmp_path, SPLIT_LAYOUT)
+    first = load_pool("imagefolder", tmp_path, image_size=8).identity
+    opened = []
+
+    def counting_open(path, *args, **kwargs):
+        opened.append(str(path))
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(identity, "open", counting_open, raising=False)
+    assert load_pool("imagefolder", tmp_path, image_size=8).identity == first
+    assert opened == []  # every hash came from the cache
+    (tmp_path / "val" / "eel" / "img_000.png").write_bytes((tmp_path / "val" / "cat" / "img_000.png").read_bytes())
+    changed = load_pool("imagefolder", tmp_path, image_size=8).identity
+    assert opened == [str(tmp_path / "val" / "eel" / "img_000.png")]
+    assert changed["contents_sha256"] != first["contents_sha256"] and changed["files_sha256"] == first["files_sha256"]
+
+
+def test_a_plan_drawn_before_contents_were_hashed_still_matches(tmp_path):
+    root, run = tmp_path / "data", tmp_path / "run"
+    write_image_folder(root, SPLIT_LAYOUT)
+    dm = MembershipDataModule(dataset="imagefolder", root=str(root), image_size=8, population=2, run_dir=str(run))
+    dm.setup()
+    from core.rundir import tensors_sha256
+    from datamodules.plan import plan_tensors
+
+    record = json.loads((run / "plan.json").read_text())
+    del record["dataset_identity"]["contents_sha256"]  # what this tool wrote before
+    (run / "plan.json").write_text(json.dumps(record, indent=2) + "\n")
+    assert record["content_sha256"] == tensors_sha256(plan_tensors(dm.plan))
+    again = MembershipDataModule(dataset="imagefolder", root=str(root), image_size=8, population=2, run_dir=str(run))
+    again.setup()
+    assert torch.equal(again.membership, dm.membership)

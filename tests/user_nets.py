@@ -116,3 +116,13 @@ class SnnTorchForgetful(nn.Module):
             _, mem2 = net.lif2(net.fc(spk1.flatten(1)))
             readout.append(mem2)
         return torch.stack(readout)
+
+
+class BatchNormMLP(MLP):
+    """A good ANN with a BatchNorm layer, which DP-SGD cannot train (no per-sample gradient)."""
+
+    def __init__(self, num_classes: int = 10, input_shape=(1, 8, 8), hidden: int = 32):
+        super().__init__(num_classes, input_shape, hidden)
+        c, h, w = input_shape
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+                                 nn.Linear(hidden, num_classes))

@@ -20,14 +20,15 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from audit import AuditSettings
 from audit.offline import AuditRun, check_audit, run_audit
 from callbacks import MembershipAttack
-from core.errors import ConfigError, check_int
-from core.rundir import checkpoint_path, model_dir, read_checkpoint
+from core.errors import ConfigError, check_int, first_line
+from core.rundir import check_run_dir, checkpoint_path, disk_full, model_dir, read_checkpoint
 from datamodules import MembershipDataModule
 from lightning_modules import Classifier
 from lightning_modules.privacy import check_trainer
 
 from .console import interactive, quiet_lightning
-from .fit import fit_run, fresh_trainer_kwargs, own_callbacks, with_atomic_checkpoints
+from .fit import Interrupted, fit_run, fresh_trainer_kwargs, own_callbacks, stop_on_signals, with_atomic_checkpoints
+from .memory import check_batch_memory, out_of_memory_line
 from .loggers import ConfigToLoggers, make_logger, model_facts_for_logs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,6 +94,15 @@ def check_run_settings(cfg, subcommand: str | None) -> None:
     run_dir = cfg.get("run_dir")
     if not isinstance(run_dir, str) or not run_dir.strip():
         raise ConfigError(f"run_dir={run_dir!r} is not allowed; expected a folder path (it is made if missing)")
+    check_run_dir(run_dir)
+    retrain = cfg.get("retrain")
+    if retrain is not None and not isinstance(retrain, bool):
+        raise ConfigError(f"retrain={retrain!r} is not allowed; expected true or false")
+    if retrain and subcommand not in (None, "fit"):
+        raise ConfigError(f"retrain=true is for `run.py fit`, not `run.py {subcommand}`")
+    if retrain and cfg.data.model_index is None:
+        raise ConfigError("retrain=true needs --data.model_index k, the one model to retrain (its folder is moved "
+                          "to run_dir/replaced/; the plan and the other models stay as they are)")
     if cfg.seed_everything is not False and cfg.seed_everything is not True:
         check_int("seed_everything", cfg.seed_everything, 0, SEED_MAX)
     check_int("data.seed", cfg.data.seed, 0, SEED_MAX)
@@ -118,6 +128,9 @@ class AuditCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--run_dir", type=str, default="runs/default",
                             help="Run directory: membership plan, one model_<k>/ per model, audit/ reports.")
+        parser.add_argument("--retrain", type=bool, default=False,
+                            help="fit: train model data.model_index again from scratch; its old folder is moved to "
+                                 "run_dir/replaced/ (nothing is deleted; the plan and other models stay).")
         parser.add_argument("--references", type=dict[str, Any] | None, default=None,
                             help="Model settings that differ for the reference models, e.g. {kind: ann}.")
         parser.link_arguments("run_dir", "data.run_dir")
@@ -176,7 +189,9 @@ class AuditCLI(LightningCLI):
         refs_dp = {**model.hparams, **(self._cfg.references or {})}.get("dp")
         for dp in (model.hparams.dp, refs_dp if self._cfg.data.model_index is None else None):
             check_trainer(dp, self.trainer)
-        fit_run(self.trainer, model, datamodule, self._cfg, ckpt_path)
+        check_batch_memory(model, datamodule, self.trainer.strategy.root_device)  # before the plan is written
+        with stop_on_signals():
+            fit_run(self.trainer, model, datamodule, self._cfg, ckpt_path)
 
     def audit(self, model, datamodule, latencies=None, report_dir=None, targets=None, **settings):
         settings = AuditSettings(**settings)
@@ -249,6 +264,19 @@ def run_cli(args: list[str]) -> int:
         cli_main(args)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Interrupted as stop:
+        print(f"error: {stop.line()}", file=sys.stderr)
+        return stop.exit_code
+    except (OSError, RuntimeError) as err:
+        if disk_full(err):  # every file of the run directory is written atomically: nothing half-written stays
+            print(f"error: no space left on the device ({first_line(err)}); nothing was left half-written: free "
+                  "space and rerun the same command to resume", file=sys.stderr)
+            return 1
+        line = out_of_memory_line(err)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
         return 2
     return 0
 

@@ -35,8 +35,9 @@ from lightning.pytorch.trainer.states import TrainerStatus
 
 from core.errors import ConfigError
 from core.faults import kill_point
-from core.rundir import (ModelLock, checkpoint_path, done_path, file_sha256, finished_models, model_dir,
-                         read_checkpoint, requeue_checkpoints, sidecar, write_checkpoint_file, write_done)
+from core.rundir import (ModelLock, checkpoint_path, damaged, done_path, file_sha256, finished_models, model_dir,
+                         read_checkpoint, requeue_checkpoints, retire_model_folder, retrain_command, sidecar,
+                         verify_finished, write_checkpoint_file, write_done)
 from core.seeds import derive_seed
 from datamodules import MembershipDataModule
 from lightning_modules import Classifier, net_name
@@ -160,6 +161,20 @@ def fit_run(trainer, model, datamodule, cfg, ckpt_path=None) -> None:
     datamodule.prepare_data_per_node = False
     speak = trainer.global_rank == 0  # under DDP every rank runs this; one prints
     index = datamodule.index
+    if cfg.get("retrain") and speak:
+        with ModelLock(run_dir, index):  # nobody trains it while its folder moves
+            moved = retire_model_folder(run_dir, index)
+        for old, new in moved:
+            say(f"--retrain: moved {old} to {new} (kept, not deleted); model_{index} trains from scratch")
+    if trainer.global_rank == 0:  # every finished model this run relies on, re-verified before anything trains
+        indices = range(datamodule.num_references + 1) if cfg.data.model_index is None else [index]
+        facts = training_facts(trainer, datamodule, cfg)
+        for k in finished_models(run_dir, indices):
+            done = verify_finished(run_dir, k, datamodule.plan.fingerprint)
+            hp = {key: v for key, v in model.hparams.items() if not key.startswith("_")}
+            if k != index:
+                hp.update(cfg.references or {})
+            check_finished_settings(done, facts, hp, f"model_{k} finished earlier ({done_path(run_dir, k)}) and")
     if cfg.data.model_index is None:
         K = datamodule.num_references
         todo = [k for k in range(1, K + 1) if k not in finished_models(run_dir, range(1, K + 1))]
@@ -191,28 +206,80 @@ def resume_checkpoint(run_dir, index: int) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
 
 
+def settings_diff(saved: dict, wanted: dict, has: str = "checkpoint has") -> list[str]:
+    """'model.<key>: <has> <saved>, this run asks for <wanted>' for each hyper-parameter that differs."""
+    wanted = {k: v for k, v in wanted.items() if not k.startswith("_")}
+    norm = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731 - tuples come back as lists
+    return [f"model.{k}: {has} {saved.get(k)!r}, this run asks for {wanted.get(k)!r}"
+            for k in sorted(set(saved) | set(wanted)) if not k.startswith("_")
+            and norm(saved.get(k)) != norm(wanted.get(k))]
+
+
 def check_same_settings(saved: dict, model, label: str) -> None:
     """A resume continues the same model: every hyper-parameter of the checkpoint must equal the
     requested one (an SNN's weights continued as an ANN would be another model)."""
-    wanted = {k: v for k, v in model.hparams.items() if not k.startswith("_")}
-    norm = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731 - tuples come back as lists
-    diff = [f"model.{k}: checkpoint has {saved.get(k)!r}, this run asks for {wanted.get(k)!r}"
-            for k in sorted(set(saved) | set(wanted)) if not k.startswith("_")
-            and norm(saved.get(k)) != norm(wanted.get(k))]
+    diff = settings_diff(saved, dict(model.hparams))
     if diff:
         raise ConfigError(f"{label} was trained with other model settings ({'; '.join(diff)}); rerun with the "
                           "checkpoint's settings, or use a new --run_dir")
 
 
+def training_facts(trainer, datamodule, cfg) -> dict:
+    """The settings besides the model's hyper-parameters that decide what a model learns,
+    recorded in done.json: a rerun with other values is refused, never silently skipped."""
+    return {"trainer.max_epochs": trainer.max_epochs, "trainer.max_steps": trainer.max_steps,
+            "trainer.accumulate_grad_batches": trainer.accumulate_grad_batches,
+            "trainer.gradient_clip_val": trainer.gradient_clip_val, "data.batch_size": datamodule.batch_size,
+            "data.augment": datamodule.augment, "seed_everything": cfg.seed_everything}
+
+
+def check_finished_settings(done: dict, facts: dict, hparams: dict, label: str) -> None:
+    """A finished model is rerun only with the settings it was trained with: each differing
+    setting is named with both values (done.json's record against this run's `facts` and
+    model `hparams`)."""
+    recorded = done.get("training") or {}
+    if "trainer.max_epochs" not in recorded and isinstance(done.get("epochs"), int):
+        recorded = {"trainer.max_epochs": done["epochs"]}  # a done.json written before the record existed
+    diff = [f"{k}: it has {recorded[k]!r}, this run asks for {facts[k]!r}" for k in recorded
+            if k in facts and recorded[k] != facts[k]]
+    diff += settings_diff(done.get("hparams") or {}, hparams, "it has")
+    if diff:
+        raise ConfigError(f"{label} was trained with other settings ({'; '.join(diff)}); rerun with its settings, "
+                          "or use a new --run_dir to train with these")
+
+
+def damaged_owed_files(trainer, run_dir, index: int) -> list[str]:
+    """The files a finished model owes (the target's report set) that are missing or broken."""
+    out = []
+    for cb in trainer.callbacks:
+        for p in cb.owed_by(run_dir, index) if hasattr(cb, "owed_by") else []:
+            why = damaged(p)
+            if why:
+                out.append(f"{p} ({why})")
+    return out
+
+
 def train_model(trainer, model, datamodule, cfg, ckpt_path=None) -> None:
     """Fit one model unless it finished earlier; resume it from its newest checkpoint; write
-    its done.json once everything it owes exists."""
+    its done.json once everything it owes exists. A finished model is re-verified (its
+    folder, checkpoint hash, settings and owed files); a lost report is rebuilt from the
+    last checkpoint and the signal caches, with no training."""
     run_dir, index = cfg.run_dir, datamodule.index
+    rebuild = False
     if done_path(run_dir, index).is_file() and ckpt_path is None:
+        done = verify_finished(run_dir, index, datamodule.plan.fingerprint)
+        check_finished_settings(done, training_facts(trainer, datamodule, cfg), dict(model.hparams),
+                                f"model_{index} finished earlier ({done_path(run_dir, index)}) and")
+        damaged_files = damaged_owed_files(trainer, run_dir, index)
+        if not damaged_files:
+            if trainer.global_rank == 0:
+                say(f"model_{index} finished earlier ({done_path(run_dir, index)}, checkpoint verified); skipping. "
+                    f"`run.py audit` re-attacks it; `{retrain_command(index)}` retrains it.")
+            return
         if trainer.global_rank == 0:
-            say(f"model_{index} finished earlier ({done_path(run_dir, index)}); skipping. "
-                f"`run.py audit` re-attacks it; a new --run_dir retrains.")
-        return
+            say(f"model_{index} finished earlier, but {'; '.join(damaged_files)}: rebuilding from its last "
+                "checkpoint and the signal caches (no training)")
+        rebuild, ckpt_path = True, str(checkpoint_path(run_dir, index))
     lock = ModelLock(run_dir, index) if trainer.global_rank == 0 else None
     if lock is not None:
         lock.__enter__()
@@ -240,6 +307,8 @@ def train_model(trainer, model, datamodule, cfg, ckpt_path=None) -> None:
         if missing:
             raise RuntimeError(f"model_{index} finished training but {', '.join(missing)} was not written; "
                                "rerun the same command to write it")
+        if rebuild:
+            return  # done.json stands as written when the model finished
         hp = {k: v for k, v in model.hparams.items() if not k.startswith("_")}
         write_done(run_dir, index, {
             "checkpoint": "checkpoints/last.ckpt", "checkpoint_sha256": file_sha256(last),
@@ -254,13 +323,65 @@ def train_model(trainer, model, datamodule, cfg, ckpt_path=None) -> None:
             "references": dict(cfg.references) if cfg.references else None,
             # DP-SGD: the accountant's epsilon and what it rests on (None without model.dp).
             "dp": model.dp_facts(),
-            "plan": datamodule.plan.fingerprint, "hparams": {k: _plain(v) for k, v in hp.items()}})
+            "plan": datamodule.plan.fingerprint, "hparams": {k: _plain(v) for k, v in hp.items()},
+            "training": training_facts(trainer, datamodule, cfg)})
         for p in requeue_checkpoints(run_dir, index):  # done: a requeue checkpoint is never resumed again
             p.unlink(missing_ok=True)
             sidecar(p).unlink(missing_ok=True)
     finally:
         if lock is not None:
             lock.__exit__(None, None, None)
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT outside SLURM: raised in the main thread, so that Lightning's own
+    interrupt handling runs (callbacks' on_exception, loggers finalised) and the process
+    ends with 128 + the signal's number. A BaseException, like KeyboardInterrupt: no
+    `except Exception` on the way may swallow it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    def line(self) -> str:
+        name = signal.Signals(self.signum).name
+        return (f"stopped by {name}: every finished epoch's checkpoint is on disk (written atomically) and the "
+                f"interrupted epoch is replayed identically; rerun the same command to resume")
+
+
+class stop_on_signals:
+    """`run.py fit` outside SLURM: SIGTERM (timeout, docker stop, systemd) and SIGINT (Ctrl+C)
+    stop the run with exit status 143 and 130, not 0 (Lightning's own SIGTERM handling stops
+    the fit loop and returns normally, which a scheduler reads as success). What a resume
+    needs is already on disk: the last epoch's checkpoint, replaced atomically at every epoch
+    end, and every other file of the run directory is written atomically too. Under SLURM
+    nothing changes: Lightning's requeue handling (SIGUSR1, SIGTERM) stays as it is."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.previous: dict = {}
+
+    def __enter__(self):
+        from lightning.fabric.plugins.environments import SLURMEnvironment
+
+        if threading.current_thread() is threading.main_thread() and not SLURMEnvironment.detect():
+            self.previous = {s: signal.signal(s, self._stop) for s in self.SIGNALS}
+        return self
+
+    def _stop(self, signum, frame) -> None:
+        for s in self.SIGNALS:  # a second signal must not cut the clean-up short
+            signal.signal(s, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    def __exit__(self, *exc) -> bool:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        return False
 
 
 class requeue_signal_window:
