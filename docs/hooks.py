@@ -1,0 +1,20 @@
+"""mkdocs hook (mkdocs.yml `hooks`): the site's home page is the repository's README.md, so the
+front page is written once. Its links into docs/ are rewritten to the site's own pages."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from mkdocs.structure.files import File
+
+
+def readme_as_page(text: str) -> str:
+    """README.md's Markdown with `](docs/...)` links made relative to docs/."""
+    return re.sub(r"\]\(docs/", "](", text)
+
+
+def on_files(files, config):
+    readme = Path(config["config_file_path"]).parent / "README.md"
+    files.append(File.generated(config, "index.md", content=readme_as_page(readme.read_text(encoding="utf-8"))))
+    return files
