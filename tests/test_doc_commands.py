@@ -90,3 +90,11 @@ def test_every_command_parses(monkeypatch):
         except AssertionError as err:
             failed.append(f"{name}\n    {str(err).strip().splitlines()[-1] if str(err).strip() else err!r}")
     assert not failed, "commands in the docs that do not parse:\n" + "\n".join(failed)
+
+
+def test_the_readme_is_a_front_page():
+    """At most 350 lines, and how to read the quick start's table comes right after it."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    heading = lines.index("## How to read an audit")
+    assert len(lines) <= 350 and heading < 120
+    assert lines[:heading][::-1].index("```") < 4  # the quick start's output block ends just above
