@@ -38,7 +38,7 @@ def usage() -> str:
     width = max(map(len, SUBCOMMANDS))
     return "\n".join(["usage: run.py <subcommand> [flags]      (run.py <subcommand> --help lists its flags)", "",
                       *[f"  {name:<{width}}  {text}" for name, text in SUBCOMMANDS.items()], "",
-                      "Every run reads configs/default.yaml, then each --config, then flags (README.md)."])
+                      "Every run reads configs/default.yaml, then each --config, then flags (docs/configuration.md)."])
 
 
 def main(args: list[str] | None = None) -> int:

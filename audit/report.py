@@ -1,18 +1,8 @@
 """audit/report.json, audit/report.md and ROC plots, written atomically.
 
-report.json:
-  attacks   {name: {auc, tpr@1%fpr, tpr@0.1%fpr, tpr@0.01%fpr, tpr@0%fpr}}  final metrics
-  target    {train_acc, test_acc, acc_gap, epoch, kind, T, dp, ...}   epoch: Lightning's 0-based index of
-            the last audited epoch (report.md and the plots count from 1: "after epoch 30"); dp: null,
-            or DP-SGD's {epsilon, delta, noise_multiplier, sample_rate, steps, accountant, max_grad_norm, ...}
-  history   [{epoch, train_acc, test_acc, acc_gap, attacks: {name: {...}}}]  one per audited epoch
-  below_resolution  {metric: "N_out = 808 < 1,000"}  metrics this audit cannot measure (null above)
-  curves    {name: {fpr: [...], tpr: [...]}}  ROC curves, at most ~1,000 points each
-  skipped   {name: reason}
-  settings  the plan fingerprint, queries, references, ...
-  latency   {setting: {t: [...], auc: [...], tpr@0.1%fpr: [...], across_targets?}}  only when an audit
-            covered 2+ SNN latencies; the setting is the attack name without its T part; across_targets
-            ({n, metric: {mean: [...], ci: [...]}}, per t) only with several targets. Plotted in latency.png.
+The layout of report.json is documented once, in docs/report.md ("report.json"), and
+tests/test_report_layout.py checks that page against what this writer writes. `target.epoch`
+is Lightning's 0-based index of the last audited epoch; report.md and the plots count from 1.
 """
 
 from __future__ import annotations

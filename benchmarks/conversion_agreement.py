@@ -8,7 +8,7 @@ Trains the setting of tests/test_conversion.py (a width-0.5 CNN ANN on digits, s
 converts it with `model.init=converted` (spikingjelly ann2snn thresholds, mode max) for
 each `convert_v_init`, and prints, before any fine-tuning, how often the SNN predicts
 the ANN's class on the population inputs ("agree") and its accuracy, at each T. The
-README's conversion table comes from this script's default run.
+The conversion table in docs/models.md comes from this script's default run.
 """
 
 from __future__ import annotations

@@ -82,7 +82,7 @@ def dataset_info(name: str, root: str | Path = "data", image_size=None, resize=N
     if download and name not in DATASETS:
         raise ConfigError(f"data.download={download!r} is not allowed with data.dataset={name!r}; only the torchvision "
                           f"datasets ({', '.join(n for n in DATASETS if n != 'digits')}) download; get {name} by hand "
-                          "(README, \"Datasets\") and set data.download false")
+                          "(docs/datasets.md) and set data.download false")
     if name in DATASETS:
         for key, value in (("image_size", image_size), ("resize", resize)):
             if value is not None:

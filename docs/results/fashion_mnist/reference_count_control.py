@@ -1,5 +1,5 @@
-"""Control for "The rotated targets' complement" in this folder's README: what one reference
-fewer costs a target that has no complement.
+"""Control for this folder's README, "Appendix: the biased audit, with each rotated target's
+complement": what one reference fewer costs a target that has no complement.
 
 Model 0 of every entry and seed of the Fashion-MNIST study is audited with all 4 of its
 references, then with 3 (leaving out model 1, 2 or 4 in turn: one unpaired reference plus one
