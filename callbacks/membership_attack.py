@@ -46,11 +46,13 @@ class MembershipAttack(L.Callback):
             progress: progress bars for the query passes.
             report: write run_dir/audit/ at the end of fit.
             rotate: at the end of fit, audit every model of the run in turn as the target (the
-                others as its references) and report the mean and 95% interval across them; only
-                when the references share the target's settings (no --references override).
+                others, except its complement, as its references) and report the mean and 95%
+                interval across them; only when the references share the target's settings (no
+                --references override).
             settings: the audit settings (audit.AuditSettings): queries, attacks, query_seed,
                 audit_subset, subset_seed, rmia_offline_a, rmia_gamma, rmia_per_query,
-                lira_fix_variance.
+                lira_fix_variance, bootstrap, eps_delta, exclude_complement (true by default: a
+                rotated target k >= 1 does not get its complement as a reference).
         """
         super().__init__()
         # Checked in check() (run.py calls it before any training) and in setup(), not
