@@ -4,11 +4,12 @@ attacks can run, scoring a setting, and writing the report. The training callbac
 (audit/offline.py, finished checkpoints) both go through `Audit`, so they agree on the
 references, the attacks and the report's layout.
 
-`rotate` audits every model of a run in turn as the target, the other K as its references
+`rotate` audits every model of a run in turn as the target, the others as its references
 (the paired plan keeps every sample IN for some of them and OUT for others): K + 1 audits
-from one training, the way the LiRA and RMIA papers' code evaluates. With
-`exclude_complement` a reference model k >= 1 as the target has K - 1 references: not the
-model paired with it, whose membership row is the negation of its own."""
+from one training, the way the LiRA and RMIA papers' code evaluates. By default
+(`exclude_complement`) a reference model k >= 1 as the target has K - 1 references: not the
+model paired with it, whose membership row is the negation of its own (with it, which
+references are OUT for a sample would reveal the sample's membership in k)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,9 @@ class Audit:
             ranks.broadcast(reference_indices(dm.run_dir, dm.num_references, target))
         left_out = complement(target) if settings.exclude_complement else None
         self.refs: list[int] = [k for k in refs if k != left_out]
+        # The complement when it finished and was left out: a rotation over several targets
+        # still needs its signals (it is a reference of every other target).
+        self.left_out: list[int] = [k for k in refs if k == left_out]
         self.unfinished = [k for k in range(dm.num_references + 1) if k not in (target, left_out) and k not in self.refs]
         ref_in = dm.membership[self.refs] if self.refs else None
         self.ref_in = ref_in if ref_in is None or self.positions is None else ref_in[:, self.positions]
@@ -78,9 +82,16 @@ class Audit:
         `force`: a rotation needs every model's signals). Every rank must call it (the queries
         are collective); rank 0 gets the signals, the others None."""
         refs = self.refs if self.needs_references or force else []
+        return self.model_signals(refs, strategy, latencies, device=device, progress=progress, stats=stats,
+                                  ranks=ranks)
+
+    def model_signals(self, models: list[int], strategy, latencies=(None,), *, device=None, progress: bool = False,
+                      stats: dict | None = None, ranks: Ranks | None = None) -> dict | None:
+        """{latency: [signals of each of `models`, restricted to the audited samples]}, from the
+        signal cache; collective under DDP as reference_signals."""
         per_ref = [cached_signals_by_latency(self.dm.run_dir, k, self.dm, strategy, latencies,
                                              seed=self.settings.query_seed, device=device, progress=progress,
-                                             stats=stats, ranks=ranks) for k in refs]
+                                             stats=stats, ranks=ranks) for k in models]
         if ranks is not None and not ranks.is_zero:
             return None
         return {lat: [subset(r[lat], self.positions) for r in per_ref] for lat in latencies}

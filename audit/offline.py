@@ -27,7 +27,6 @@ from torch.utils.data import DataLoader
 
 from core.errors import ConfigError
 from core.rundir import audit_dir, checkpoint_path, finished_models, read_checkpoint, read_done
-from datamodules.plan import complement
 
 from .attacks import AttackContext
 from .distributed import Ranks
@@ -48,12 +47,6 @@ def check_audit(run_dir, target_index: int, settings: AuditSettings, latencies=N
         K = num_references if num_references is not None else target_index
         targets = check_targets(targets, K, finished_models(run_dir, range(K + 1)), target_index)
         target_index = targets[0]
-        partner = complement(target_index)
-        if settings.exclude_complement and len(targets) > 1 and partner in targets:
-            # the main target's references are the models whose signals the rotation has
-            raise ConfigError(f"targets={targets!r} with exclude_complement=true: the first target, model "
-                              f"{target_index}, leaves out model {partner}, which is also a target; list model 0 "
-                              "first (targets='all' does when model 0 has finished)")
     done = read_done(run_dir, target_index)
     trained_T = model_facts(done)["T"]
     trained_frames = (done.get("hparams") or {}).get("input_frames")
@@ -92,14 +85,18 @@ def run_audit(dm, settings: AuditSettings, *, latencies=None, report_dir=None, t
     # run once, at the largest missing latency, and read out after each t steps.
     lats = list(dict.fromkeys(checked["latencies"] or [None]))
     strategies = settings.strategies
+    # With several targets, the main target's complement (left out of its own references) is
+    # a reference of every other target: its signals are needed too.
+    extra = audit.left_out if len(checked["targets"]) > 1 else []
     signals, stats = {}, {}
     for s in strategies:
         kwargs = dict(device=device, progress=progress, stats=stats, ranks=ranks)
         target = target_signals_cached(audit, s, lats, **kwargs)
         references = audit.reference_signals(s, lats, force=len(checked["targets"]) > 1,
                                              **kwargs)  # every rank, same order: collective queries
+        others = audit.model_signals(extra, s, lats, **kwargs) if extra else None
         if ranks.is_zero:
-            signals[s.name] = (target, references)
+            signals[s.name] = (target, references, others)
     if not ranks.is_zero:
         return None
     hparams = done.get("hparams") or {}
@@ -131,11 +128,13 @@ def run_audit(dm, settings: AuditSettings, *, latencies=None, report_dir=None, t
                                        if k not in below_resolution(audit.num_nonmembers)}}
     rotated = None
     if len(checked["targets"]) > 1:  # every listed model in turn as the target, from the signals above
-        models, rotated = [target_index, *audit.refs], {}
+        models, rotated = [target_index, *audit.refs, *extra], {}
         for latency in lats:
             by_model = {target_index: {name: sig[0][latency] for name, sig in signals.items()}}
             for i, k in enumerate(audit.refs):
                 by_model[k] = {name: sig[1][latency][i] for name, sig in signals.items()}
+            for i, k in enumerate(extra):
+                by_model[k] = {name: sig[2][latency][i] for name, sig in signals.items()}
             shown = None if latency in (None, trained_T) else latency
             for m, result in rotate(dm, settings, by_model, models, checked["targets"], shown).items():
                 if m not in rotated:

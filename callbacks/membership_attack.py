@@ -50,10 +50,12 @@ class MembershipAttack(L.Callback):
             progress: progress bars for the query passes.
             report: write run_dir/audit/ at the end of fit.
             rotate: at the end of fit, audit every model of the run in turn as the target (the
-                others as its references) and report the mean and 95% interval across them; only
-                when the references share the target's settings (no --references override).
+                others, except its complement, as its references) and report the mean and 95%
+                interval across them; only when the references share the target's settings (no
+                --references override).
             settings: the audit settings (audit.AuditSettings): queries, attacks, query_seed,
-                audit_subset, subset_seed, bootstrap, eps_delta, exclude_complement, and every
+                audit_subset, subset_seed, bootstrap, eps_delta, exclude_complement (true by default: a
+                rotated target k >= 1 does not get its complement as a reference), and every
                 registered attack's settings (audit/attacks/).
         """
         super().__init__()

@@ -102,6 +102,27 @@ def test_rerun_skips_finished_models_and_audit_reuses_the_cache(small_run, capsy
     assert run.main(args) == 0
 
 
+def test_audit_reads_the_plan_settings_from_the_run_directory(small_run, capsys):
+    rd = small_run  # made with --data.num_references 2 (the default config says 4)
+    assert run.main(["audit", "--run_dir", str(rd), *QUIET]) == 0
+    report = json.loads((rd / "audit" / "report.json").read_text())
+    assert report["settings"]["plan"]["num_references"] == 2 and report["settings"]["references"] == [1, 2]
+    plan = json.loads((rd / "plan.json").read_text())
+    repeated = ["--data.num_references", "2", "--data.dataset", "digits", "--data.seed", "0", "--data.population",
+                "null", "--data.audit_size", str(plan["audit_size"])]
+    assert run.main(["audit", "--run_dir", str(rd), *QUIET, *repeated]) == 0  # repeating them is fine
+    before = sorted((p, p.stat().st_mtime_ns) for p in rd.rglob("*"))
+    capsys.readouterr()
+    for flag, value, saved in (("--data.num_references", "4", "2"), ("--data.seed", "1", "0"),
+                               ("--data.dataset", "mnist", "digits"), ("--data.population", "0.2", "null"),
+                               ("--data.audit_size", "100", str(plan["audit_size"]))):
+        assert run.main(["audit", "--run_dir", str(rd), *QUIET, flag, value]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {flag} ") and f"records {saved}" in err[0], err
+        assert value in err[0].split("contradicts")[0]
+    assert sorted((p, p.stat().st_mtime_ns) for p in rd.rglob("*")) == before  # nothing written
+
+
 def test_audit_grid_of_queries_and_latencies(small_run):
     rd = small_run
     args = ["audit", "--run_dir", str(rd), "--data.num_references", "2", "--model.width", "0.5", *QUIET,

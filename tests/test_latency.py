@@ -191,9 +191,12 @@ def test_audit_latencies_end_to_end_one_pass_plot_report_and_cache(tmp_path, mon
 
     # every model as the target: each latency series also carries the mean over the targets
     # and its interval at every t, the same numbers as the report's across-targets table
-    assert run.main([*args[:-len(QUIET)], "--targets", "all", *QUIET]) == 0
+    # (with each target's complement among its references, so that offline RMIA runs for all
+    # three with K = 2)
+    assert run.main([*args[:-len(QUIET)], "--targets", "all", "--exclude_complement", "false", *QUIET]) == 0
     rotated = json.loads((rd / "audit" / "report.json").read_text())
     assert calls == [] and rotated["latency"]["rmia_offline"]["auc"] == report["latency"]["rmia_offline"]["auc"]
+    assert rotated["settings"]["exclude_complement"] is False
     for name, series in rotated["latency"].items():
         across = series["across_targets"]
         for i, key in enumerate([f"{name}@T1", name]):
@@ -205,19 +208,22 @@ def test_audit_latencies_end_to_end_one_pass_plot_report_and_cache(tmp_path, mon
     assert "mean over the targets" in (rd / "audit" / "report.md").read_text()
     assert (rd / "audit" / "latency.png").stat().st_size > 5_000
 
-    # exclude_complement: reference 1's partner (model 2, trained on exactly its non-members)
-    # is not among its references, and 2's not among 2's; model 0 keeps both
-    assert run.main([*args[:-len(QUIET)], "--targets", "all", "--exclude_complement", "true", *QUIET]) == 0
+    # the default: reference 1's complement (model 2, trained on exactly its non-members) is
+    # not among its references, and 2's not among 2's; model 0 keeps both
+    assert run.main([*args[:-len(QUIET)], "--targets", "all", *QUIET]) == 0
     excl = json.loads((rd / "audit" / "report.json").read_text())
     assert calls == [] and excl["settings"]["exclude_complement"] is True
     assert {m: t["references"] for m, t in excl["targets"].items()} == {"0": [1, 2], "1": [0], "2": [0]}
     assert excl["attacks"] == rotated["attacks"]  # model 0 has no complement: the same audit
-    for m in ("1", "2"):  # Attack-P uses no reference: the same numbers
+    for m in ("1", "2"):  # Attack-P uses no reference: the same numbers; with model 0 alone, no offline RMIA
         assert excl["targets"][m]["attacks"]["attack_p"] == rotated["targets"][m]["attacks"]["attack_p"]
-    # the main target's partner among the targets would leave the rotation without its signals
-    before = (rd / "audit" / "report.json").read_bytes()
-    capsys.readouterr()
-    assert run.main([*args[:-len(QUIET)], "--targets", "[1, 2]", "--exclude_complement", "true", *QUIET]) == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("error: targets=[1, 2] with exclude_complement=true") and "list model 0 first" in err
-    assert (rd / "audit" / "report.json").read_bytes() == before
+        assert "rmia_offline" not in excl["targets"][m]["attacks"]
+    # the main target's complement among the targets: its signals are read for the rotation
+    # (it is a reference of every other target), and each target gets the references it gets
+    # under --targets all
+    assert run.main([*args[:-len(QUIET)], "--targets", "[1, 2]", *QUIET]) == 0
+    pair = json.loads((rd / "audit" / "report.json").read_text())
+    assert calls == [] and pair["settings"]["target_index"] == 1 and pair["settings"]["references"] == [0]
+    assert {m: t["references"] for m, t in pair["targets"].items()} == {"1": [0], "2": [0]}
+    for m in ("1", "2"):
+        assert pair["targets"][m]["attacks"] == excl["targets"][m]["attacks"]

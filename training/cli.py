@@ -10,6 +10,7 @@ Errors a user can cause end in one line and exit 2: a ConfigError from our check
 from __future__ import annotations
 
 import inspect
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,46 @@ def check_references(references) -> dict:
     return dict(references)
 
 
+# `run.py audit`: the membership plan's settings, as plan.json records them, and the flag of each.
+PLAN_FLAGS = {"dataset": "data.dataset", "seed": "data.seed", "num_references": "data.num_references",
+              "population": "data.population", "audit_size": "data.audit_size"}
+
+
+def recorded_plan(run_dir) -> dict | None:
+    """The plan.json of `run_dir`, or None when there is none or it cannot be read (loading the
+    plan then says what is wrong with it)."""
+    if not isinstance(run_dir, str) or not run_dir.strip():
+        return None
+    try:
+        record = json.loads((Path(run_dir) / "plan.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and all(k in record for k in PLAN_FLAGS) else None
+
+
+def plan_flags(recorded: dict) -> list[str]:
+    """The flags that give the data module the recorded plan's settings."""
+    return [w for key, flag in PLAN_FLAGS.items() for w in (f"--{flag}", shown(recorded[key]))]
+
+
+def shown(value) -> str:
+    """A value as a flag takes it: null for None."""
+    return "null" if value is None else str(value)
+
+
+def check_plan_flags(cfg, recorded: dict) -> None:
+    """A --config file or flag may repeat the recorded plan's settings, not contradict them."""
+    for key, flag in PLAN_FLAGS.items():
+        given, saved = cfg.data.get(key), recorded[key]
+        if key == "audit_size" and given is None and saved == recorded.get("pool_size", 0) - \
+                recorded.get("population_size", 0):
+            continue  # null is "the rest of the pool", which is what this plan holds
+        if given != saved:
+            raise ConfigError(f"--{flag} {shown(given)} contradicts the run directory: {cfg.run_dir}/plan.json "
+                              f"records {shown(saved)}; run.py audit reads the plan's settings from the run "
+                              f"directory, so leave the flag out (or give {shown(saved)})")
+
+
 SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes 64-bit seeds; numpy wraps larger ones
 
 
@@ -139,18 +180,33 @@ class AuditCLI(LightningCLI):
         for key in LINKED:
             parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
 
-    def _parse_ckpt_path(self) -> None:
+    def parse_arguments(self, parser, args) -> None:
+        """Parse `args` (run.py's own argv: LightningCLI's warning about sys.argv beside args does
+        not apply). `run.py audit` takes the plan's settings from the run directory; and a
+        --ckpt_path is checked before LightningCLI reads its hyper-parameters."""
+        args = list(sys.argv[1:] if args is None else args)
+        self.config = parser.parse_args(args)
+        sub = self.config.get("subcommand")
+        if sub == "audit":
+            recorded = recorded_plan(self.config[sub].get("run_dir"))
+            if recorded is not None:  # the plan's values first: --config files and flags after them may repeat them
+                at = args.index("audit") + 1
+                self.config = parser.parse_args([*args[:at], *plan_flags(recorded), *args[at:]])
+                check_plan_flags(self.config[sub], recorded)
         # LightningCLI reads --ckpt_path's hyper-parameters right after parsing: check the file
         # first (weights only, its recorded hash), so a corrupt or malicious one is one line.
-        sub = self.config.get("subcommand")
         path = self.config[sub].get("ckpt_path") if sub else None
         if path:
             read_checkpoint(path, label=f"ckpt_path={str(path)!r}")
-        super()._parse_ckpt_path()
 
     @property
     def _cfg(self):
         return self.config[self.subcommand] if self.subcommand else self.config
+
+    def _trainer_init(self) -> dict:
+        """The instantiated trainer settings (callbacks, plugins) of this subcommand."""
+        init = self.config_init.get(self.subcommand, self.config_init) if self.subcommand else self.config_init
+        return init.get("trainer") or {}
 
     def before_instantiate_classes(self) -> None:
         cfg = self._cfg
@@ -174,10 +230,10 @@ class AuditCLI(LightningCLI):
         kwargs["logger"] = make_logger(trainer_cfg.get("logger"), self._cfg.run_dir, index,
                                        stage=None if self.subcommand in (None, "fit") else self.subcommand,
                                        facts=model_facts_for_logs(self.model.hparams, index))
-        configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+        configured = self._trainer_init().get("callbacks") or []
         configured = configured if isinstance(configured, list) else [configured]
         kwargs["callbacks"] = [*configured, *own_callbacks(self._cfg, index)]
-        kwargs["plugins"] = with_atomic_checkpoints(self._get(self.config_init, "trainer", default={}).get("plugins"))
+        kwargs["plugins"] = with_atomic_checkpoints(self._trainer_init().get("plugins"))
         return super().instantiate_trainer(**kwargs)
 
     def fit(self, model, datamodule, ckpt_path=None, **kwargs):
@@ -285,15 +341,9 @@ class _ParseOnly(AuditCLI):
     """The parser and checks of `run.py fit`, without training: the config is resolved and the
     model, data module and callbacks are built (which checks every value), the trainer is not."""
 
-    def _parse_ckpt_path(self) -> None:
-        pass
-
-    def _set_seed(self) -> None:
-        pass
-
     def instantiate_classes(self) -> None:
         self.config_init = self.parser.instantiate_classes(self.config)
-        for cb in self._get(self.config_init, "trainer", default={}).get("callbacks") or []:
+        for cb in self._trainer_init().get("callbacks") or []:
             if isinstance(cb, MembershipAttack):
                 cb.check()
 
