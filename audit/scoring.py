@@ -60,31 +60,45 @@ def score_attacks(names, target: dict, references: list[dict], ref_in: torch.Ten
     when fewer than 64 references are IN/OUT per sample, as LiRA's paper advises."""
     p_t = target["audit/probability"].double()
     out: dict[str, torch.Tensor] = {}
+    per_query = None
     if references:
-        p_r = torch.stack([r["audit/probability"] for r in references]).double()      # [K, Q, N]
+        # Each reference is averaged over its Q queries before the K references are stacked:
+        # [K, N], not the [K, Q, N] float64 stack (2.2 GB at K = 256, Q = 18, N = 60,000, and a
+        # float32 copy beside it), which only per-query RMIA reads. Same numbers: row k of the
+        # [K, Q, N] stack's mean over Q is computed as this reference's [Q, N] mean over Q
+        # (tests/test_audit_scale.py checks bit equality with the stacked form).
+        p_r = _stack_query_means(references, "audit/probability")                     # [K, N]
         pz_t = target["population/probability"].double()
-        pz_r = torch.stack([r["population/probability"] for r in references]).double()
+        pz_r = _stack_query_means(references, "population/probability")
         phi_t = target["audit/rescaled_logit"].double().mean(0)
-        phi_r = torch.stack([r["audit/rescaled_logit"] for r in references]).double().mean(1)
+        phi_r = _stack_query_means(references, "audit/rescaled_logit")
         if lira_fix_variance is None:
             lira_fix_variance = len(references) < 128
     for name in names:
         if name == "attack_p":
             out[name] = attack_p(p_t.mean(0))
         elif name == "attack_r":
-            out[name] = attack_r(p_t.mean(0), p_r.mean(1), ref_in)
+            out[name] = attack_r(p_t.mean(0), p_r, ref_in)
         elif name == "reference_ratio":
-            out[name] = reference_ratio(p_t.mean(0), p_r.mean(1))
+            out[name] = reference_ratio(p_t.mean(0), p_r)
         elif name.startswith("rmia_"):
             a = rmia_offline_a if name == "rmia_offline" else None
-            if rmia_per_query:
-                out[name] = rmia(p_t, p_r, pz_t, pz_r, ref_in, offline_a=a, gamma=rmia_gamma, per_query=True)
+            if rmia_per_query:  # every query's signals: [K, Q, N] and [K, Q, Z], built once
+                if per_query is None:
+                    per_query = tuple(torch.stack([r[key] for r in references]).double()
+                                      for key in ("audit/probability", "population/probability"))
+                out[name] = rmia(p_t, per_query[0], pz_t, per_query[1], ref_in, offline_a=a, gamma=rmia_gamma,
+                                 per_query=True)
             else:
-                out[name] = rmia(p_t.mean(0), p_r.mean(1), pz_t.mean(0), pz_r.mean(1), ref_in, offline_a=a,
-                                 gamma=rmia_gamma)
+                out[name] = rmia(p_t.mean(0), p_r, pz_t.mean(0), pz_r, ref_in, offline_a=a, gamma=rmia_gamma)
         elif name.startswith("lira_"):
             out[name] = lira(phi_t, phi_r, ref_in, online=name == "lira_online", fix_variance=lira_fix_variance)
     return out
+
+
+def _stack_query_means(references: list[dict], key: str) -> torch.Tensor:
+    """[K, N]: each reference's signal `key` [Q, N] in float64, averaged over its Q queries."""
+    return torch.stack([r[key].double().mean(0) for r in references])
 
 
 def accuracies(target: dict, is_member: torch.Tensor) -> dict[str, float]:
