@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -62,31 +63,46 @@ class AttackData:
     extra: dict = field(default_factory=dict)
     strategy: str = "plain"
 
-    # The signals averaged over the Q queries, as float64 (design: "Signals are averaged over
-    # the Q queries unless an attack says otherwise").
+    # The signals as float64. The query means of the references are built per reference and
+    # then stacked ([K, N]), once per AttackData: the [K, Q, N] float64 stack is 2.2 GB at
+    # K = 256, Q = 18, N = 60,000 and only per-query RMIA reads it (benchmarks/audit_scale.py;
+    # tests/test_audit_scale.py checks both forms give the same scores bit for bit).
     @property
     def p_target(self) -> torch.Tensor:          # [Q, N]
         return self.target["audit/probability"].double()
 
-    @property
-    def p_references(self) -> torch.Tensor:      # [K, Q, N]
+    @cached_property
+    def p_references(self) -> torch.Tensor:      # [K, Q, N]: every query (per-query RMIA)
         return torch.stack([r["audit/probability"] for r in self.references]).double()
+
+    @cached_property
+    def p_references_mean(self) -> torch.Tensor:  # [K, N]: averaged over the Q queries
+        return _stack_query_means(self.references, "audit/probability")
 
     @property
     def pz_target(self) -> torch.Tensor:         # [Q, Z]
         return self.target["population/probability"].double()
 
-    @property
+    @cached_property
     def pz_references(self) -> torch.Tensor:     # [K, Q, Z]
         return torch.stack([r["population/probability"] for r in self.references]).double()
+
+    @cached_property
+    def pz_references_mean(self) -> torch.Tensor:  # [K, Z]
+        return _stack_query_means(self.references, "population/probability")
 
     @property
     def phi_target(self) -> torch.Tensor:        # [N]
         return self.target["audit/rescaled_logit"].double().mean(0)
 
-    @property
+    @cached_property
     def phi_references(self) -> torch.Tensor:    # [K, N]
-        return torch.stack([r["audit/rescaled_logit"] for r in self.references]).double().mean(1)
+        return _stack_query_means(self.references, "audit/rescaled_logit")
+
+
+def _stack_query_means(references: list[dict], key: str) -> torch.Tensor:
+    """[K, N]: each reference's signal `key` [Q, N] in float64, averaged over its Q queries."""
+    return torch.stack([r[key].double().mean(0) for r in references])
 
 
 @dataclass

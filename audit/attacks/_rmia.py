@@ -21,5 +21,5 @@ def rmia_scores(data, offline_a, gamma, per_query):
     if per_query:
         return rmia(data.p_target, data.p_references, data.pz_target, data.pz_references, data.ref_in,
                     offline_a=offline_a, gamma=gamma, per_query=True)
-    return rmia(data.p_target.mean(0), data.p_references.mean(1), data.pz_target.mean(0),
-                data.pz_references.mean(1), data.ref_in, offline_a=offline_a, gamma=gamma)
+    return rmia(data.p_target.mean(0), data.p_references_mean, data.pz_target.mean(0),
+                data.pz_references_mean, data.ref_in, offline_a=offline_a, gamma=gamma)

@@ -17,4 +17,4 @@ class AttackR(Attack):
     order = 20
 
     def score(self, data):
-        return attack_r(data.p_target.mean(0), data.p_references.mean(1), data.ref_in)
+        return attack_r(data.p_target.mean(0), data.p_references_mean, data.ref_in)

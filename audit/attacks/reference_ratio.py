@@ -17,4 +17,4 @@ class ReferenceRatio(Attack):
     order = 70
 
     def score(self, data):
-        return reference_ratio(data.p_target.mean(0), data.p_references.mean(1))
+        return reference_ratio(data.p_target.mean(0), data.p_references_mean)
