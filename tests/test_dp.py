@@ -320,7 +320,7 @@ def test_bad_dp_values_end_in_one_line_and_write_nothing(tmp_path, capsys, flags
 
 def test_dp_on_a_users_network_with_batchnorm_needs_fix_modules(capsys):
     """A user's network is not built by model.norm: the refusal names model.dp.fix_modules, and
-    with it Opacus' ModuleValidator.fix replaces the BatchNorm, says so, and DP-SGD trains."""
+    with it Opacus' ModuleValidator.fix replaces the BatchNorm, says so, and the DP hooks attach."""
     net = {"class_path": "tests.user_nets.BatchNormMLP", "init_args": {"hidden": 16}}
     with pytest.raises(ConfigError, match="model.dp.fix_modules=true") as err:
         Classifier(kind="ann", net=net, dp=DP)
