@@ -23,8 +23,6 @@ from audit.attacks import names_with
 _BANNERS = ("GPU available", "TPU available", "HPU available", "💡 Tip", "`Trainer.fit` stopped", "Seed set to")
 # Warnings the tool causes on purpose, by the start of their text (a regular expression).
 _OURS = (
-    # run.py and the study call LightningCLI with an argument list while sys.argv holds the subcommand
-    re.escape("LightningCLI's args parameter is intended to run from within Python"),
     # a resumed model writes into its own checkpoints folder again
     re.escape("Checkpoint directory"),
     # every pool is a tensor in memory: loader workers would only copy it (data.num_workers stays available)
