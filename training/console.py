@@ -27,6 +27,9 @@ _OURS = (
     re.escape("Checkpoint directory"),
     # every pool is a tensor in memory: loader workers would only copy it (data.num_workers stays available)
     r"The '\w+' does not have many workers",
+    # a small run has fewer batches per epoch than trainer.log_every_n_steps: Lightning still
+    # logs at the end of every epoch, so nothing is lost
+    r"The number of training batches \(\d+\) is smaller than the logging interval",
     # raised inside Lightning by torch >= 2.14's pytree; nothing a user can change
     re.escape("`isinstance(treespec, LeafSpec)` is deprecated"),
 )
