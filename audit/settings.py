@@ -144,15 +144,22 @@ def _build():
 AuditSettings = _build()
 
 
-def check_latencies(latencies, trained_T: int | None, index: int, step_readout: bool | None = True) -> list[int] | None:
-    """`run.py audit --latencies`: None, or a non-empty list of integers >= 1, for an SNN only;
-    a latency other than the trained T only for an SNN with a readout per time step
-    (`step_readout`, from its done.json)."""
+def check_latency_values(latencies) -> list[int] | None:
+    """None, or a non-empty list of integers >= 1 (before any model is known)."""
     if latencies is None:
         return None
     if not isinstance(latencies, (list, tuple)) or not latencies \
             or any(isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in latencies):
         raise ConfigError(f"latencies={latencies!r} is not allowed; expected null or a non-empty list of integers >= 1")
+    return list(latencies)
+
+
+def check_latencies(latencies, trained_T: int | None, index: int, step_readout: bool | None = True) -> list[int] | None:
+    """`run.py audit --latencies`: None, or a non-empty list of integers >= 1, for an SNN only;
+    a latency other than the trained T only for an SNN with a readout per time step
+    (`step_readout`, from its done.json)."""
+    if check_latency_values(latencies) is None:
+        return None
     if trained_T is None:
         raise ConfigError(f"latencies={list(latencies)!r}: model {index} is an ANN; latencies apply to SNNs only")
     if step_readout is False and any(t != trained_T for t in latencies):

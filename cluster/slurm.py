@@ -159,6 +159,22 @@ def study(args: list[str]) -> tuple[str, int, dict, dict]:
     return run_dir, k, trainer, cfg.get("data") or {}
 
 
+def check_audit_flags(args: list[str], options: SlurmOptions) -> None:
+    """--audit_queries and --audit_latencies through `run.py audit`'s own parser and checks,
+    before any script is written: a typo fails now, not after the models have trained."""
+    if not options.audit:
+        return
+    from core.errors import ConfigError
+    from training.cli import parse_config
+
+    extra = [*(["--queries", options.audit_queries] if options.audit_queries is not None else []),
+             *(["--latencies", options.audit_latencies] if options.audit_latencies is not None else [])]
+    try:
+        parse_config([*args, *extra], "audit")
+    except ConfigError as err:
+        raise SlurmError(f"audit.sbatch: run.py audit: {err}") from None
+
+
 def resources_from_data(options: SlurmOptions, data: dict) -> None:
     """Unset --cpus_per_task from the config's data.num_workers (one CPU per loader worker,
     plus the training process), and --mem from that (4 GB per CPU, a common ratio on GPU
@@ -413,6 +429,7 @@ def submit_main(argv: list[str]) -> int:
         flags, passthrough = parser().parse_known_args(argv)
         options = options_from(flags)
         run_dir, k, trainer, data = study(passthrough)
+        check_audit_flags(passthrough, options)
         workdir = Path(options.workdir or os.getcwd()).resolve()
         resources_from_data(options, data)
         if flags.submit:  # the data must be there before anything waits in a queue for it

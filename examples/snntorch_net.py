@@ -1,6 +1,6 @@
 """An snnTorch network in the `model.net` contract:
 
-    pip install snntorch   # or: pip install -e ".[snntorch]"
+    pip install snntorch   # or: pip install -e ".[examples]"
     python run.py fit --config examples/snntorch_net.yaml
 
 snnTorch neurons run one time step per call and keep their membrane potential in module
@@ -15,9 +15,14 @@ output neurons' membrane potential at every step out, [T, B, classes].
 
 from __future__ import annotations
 
-import snntorch as snn
 import torch
-from snntorch import surrogate
+
+try:
+    import snntorch as snn
+    from snntorch import surrogate
+except ImportError as err:  # the tool itself never needs it: say how to get it
+    raise ImportError("this example needs snnTorch: pip install snntorch "
+                      "(or pip install -e \".[examples]\")") from err
 from torch import nn
 from torch.nn import functional as F
 

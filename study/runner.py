@@ -10,7 +10,9 @@ A study YAML (see configs/study/*.yaml):
       - {name: snn_T1, args: [--model.kind, snn, --model.T, "1"]}
     audit_args: [--queries, "[plain, 'dropout:p=0.01,n=10']"]   # given to every `run.py audit`
 
-For each entry, in order: `run.py fit <base_args> <args> --run_dir run_dir/<name>` (finished
+Before anything trains, every entry's fit and audit flags (for every seed) go through the parser
+and checks that those runs use: a typo anywhere fails at once, with one line naming the entry.
+Then, for each entry, in order: `run.py fit <base_args> <args> --run_dir run_dir/<name>` (finished
 models are skipped, so a rerun trains nothing), a check that its plan.json equals the first
 entry's (same seed, K, population, audit set), then `run.py audit <base_args> <args> <audit_args>
 --run_dir run_dir/<name>` (signals come from the cache on a rerun). Then run_dir/study/ gets
@@ -212,6 +214,32 @@ def select_seeds(spec: dict, value: str | None) -> dict:
     return {**spec, "seeds": [x for x in spec["seeds"] if x in chosen]}
 
 
+def audit_argv(spec: dict, seed: int | None, fit_argv: list[str], rotate: bool) -> list[str]:
+    """The `run.py audit` flags of an entry whose `run.py fit` flags are `fit_argv`."""
+    audit_args = [a.replace("${run_dir}", str(seed_dir(spec, seed))) for a in spec["audit_args"]]
+    return [*fit_argv[:-2], *audit_args, *(["--targets", "all"] if rotate else []), *fit_argv[-2:]]
+
+
+def check_study(spec: dict) -> None:
+    """Every entry's `run.py fit` and `run.py audit` flags, for every seed, through the parser and
+    checks the runs themselves use, before anything trains: a typo in the last entry fails now,
+    not hours in (StudyError naming the entry)."""
+    from core.errors import ConfigError
+    from training.cli import parse_config
+
+    for seed in spec.get("seeds") or [None]:
+        for e in spec["entries"]:
+            tag = e["name"] if seed is None else f"{e['name']} (seed {seed})"
+            argv = entry_argv(spec, e, seed)
+            step = "fit"
+            try:
+                cfg = parse_config(argv)
+                step = "audit"
+                parse_config(audit_argv(spec, seed, argv, rotate=not cfg.get("references")), "audit")
+            except ConfigError as err:
+                raise StudyError(f"entry {tag!r}: run.py {step}: {err}") from None
+
+
 def run_study(spec: dict) -> dict:
     """Every entry for every seed, in order (a whole seed first, so a converted chain finds the
     same seed's models, and an interrupted study has complete seeds); then the report."""
@@ -238,9 +266,7 @@ def run_study(spec: dict) -> dict:
                                    + "; every entry must use the same data settings")
             fact = _facts_of(run_dir, tag)
             # Every model in turn as the target, unless the references differ from the target.
-            rotate = [] if fact.get("references") else ["--targets", "all"]
-            audit_args = [a.replace("${run_dir}", str(seed_dir(spec, seed))) for a in spec["audit_args"]]
-            _run("audit", tag, [*argv[:-2], *audit_args, *rotate, "--run_dir", str(run_dir)])
+            _run("audit", tag, audit_argv(spec, seed, argv, rotate=not fact.get("references")))
             reports[name, seed] = _report_of(run_dir, tag)
             facts[name, seed] = fact
         plans[seed] = plan0
@@ -252,6 +278,7 @@ def study_main(argv: list[str]) -> int:
     try:
         flags = parser().parse_args(argv)
         spec = select_seeds(load_study(flags.config, flags.run_dir), flags.seeds)
+        check_study(spec)  # every entry's flags, before the first one trains
     except StudyError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -212,6 +212,23 @@ def test_bad_values_end_in_one_line_and_nothing_is_written(tmp_path, fake_sbatch
     assert not (tmp_path / "run").exists() and calls(fake_sbatch, "sbatch") == []
 
 
+@pytest.mark.parametrize("flags, said", [
+    (["--audit_queries", "[nope]"], "error: audit.sbatch: run.py audit: queries=['nope']"),
+    (["--audit_latencies", "[0]"], "error: audit.sbatch: run.py audit: latencies=[0]"),
+    (["--audit_queries", "[plain"], "error: audit.sbatch: run.py audit:"),
+])
+def test_audit_flags_are_checked_before_any_script_is_written(tmp_path, fake_sbatch, capsys, flags, said):
+    import time
+
+    start = time.monotonic()
+    assert submit_main([*small_study(tmp_path), *flags, "--out", str(tmp_path / "scripts"), "--submit"]) == 2
+    assert time.monotonic() - start < 30
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(said), err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "scripts").exists()
+    assert calls(fake_sbatch, "sbatch") == []
+
+
 def test_slurm_config_file_and_flags_over_it(tmp_path):
     example = ROOT / "configs" / "slurm" / "example.yaml"
     args = ["--slurm_config", str(example), "--workdir", str(tmp_path), "--run_dir", "runs/k64",

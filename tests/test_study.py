@@ -363,3 +363,28 @@ def test_report_states_train_and_test_accuracy_and_gap_with_intervals():
     # t(0.975, 2) = 4.303; sd of (0.94, 0.93, 0.95) = 0.01, so the half-width is 4.303 * 0.01 / sqrt(3) = 0.0248
     assert row == "| ann | ann | 0.940 [0.915, 0.965] | 0.850 [0.850, 0.850] | 0.090 [0.065, 0.115] |"
     assert md.index("## Accuracy") < md.index("## Queries: plain")
+
+
+@pytest.mark.parametrize("entries, audit_args, said", [
+    # a typo in the last entry's flags, and one in the audit flags (the same for every entry)
+    ([{"name": "ann", "args": ["--model.kind", "ann"]}, {"name": "snn_T1", "args": ["--model.kindd", "snn"]}],
+     ["--queries", "[plain]"], "entry 'snn_T1 (seed 0)': run.py fit: Unrecognized arguments: --model.kindd"),
+    ([{"name": "ann", "args": ["--model.kind", "ann"]}, {"name": "snn_T1", "args": ["--model.T", "0"]}],
+     ["--queries", "[plain]"], "entry 'snn_T1 (seed 0)': run.py fit:"),
+    ([{"name": "ann", "args": ["--model.kind", "ann"]}, {"name": "snn_T1", "args": ["--model.kind", "snn"]}],
+     ["--queries", "[nope]"], "entry 'ann (seed 0)': run.py audit: queries=['nope']"),
+    ([{"name": "ann", "args": ["--model.kind", "ann"]}, {"name": "snn_T1", "args": ["--model.kind", "snn"]}],
+     ["--latencies", "[0]"], "entry 'ann (seed 0)': run.py audit: latencies=[0]"),
+])
+def test_every_entry_is_checked_before_anything_trains(tmp_path, capsys, entries, audit_args, said):
+    import time
+
+    rd = tmp_path / "study"
+    cfg = write_study(tmp_path / "s.yaml", rd, entries=entries, seeds=[0, 1], audit_args=audit_args)
+    before = sorted(tmp_path.rglob("*"))
+    start = time.monotonic()
+    assert study_main(["--config", str(cfg)]) == 2
+    assert time.monotonic() - start < 30
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {said}"), err
+    assert sorted(tmp_path.rglob("*")) == before and not rd.exists()  # nothing trained, nothing written

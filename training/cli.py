@@ -9,6 +9,7 @@ Errors a user can cause end in one line and exit 2: a ConfigError from our check
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import sys
@@ -20,6 +21,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from audit import AuditSettings
 from audit.offline import AuditRun, check_audit, run_audit
+from audit.settings import check_latency_values, check_report_dir, check_targets
 from callbacks import MembershipAttack
 from core.errors import ConfigError, check_int, first_line
 from core.rundir import check_run_dir, checkpoint_path, disk_full, model_dir, read_checkpoint
@@ -67,13 +69,15 @@ class OneLineErrorParser(LightningArgumentParser):
     MAX_CHARS = 600  # a Union's message lists every alternative; the start names the key
 
     def error(self, message: str, ex: Exception | None = None):
-        if not self.exit_on_error:
-            return super().error(message, ex)
-        text = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
-        if len(text) > self.MAX_CHARS:
-            text = text[: self.MAX_CHARS - 3] + "..."
-        sys.stderr.write(f"error: {text} (see --help)\n")
+        if not self.exit_on_error:  # parse_config: the caller says which entry or script it was
+            raise ConfigError(f"{one_line(message, self.MAX_CHARS)} (see --help)")
+        sys.stderr.write(f"error: {one_line(message, self.MAX_CHARS)} (see --help)\n")
         self.exit(2)
+
+
+def one_line(message, max_chars: int) -> str:
+    text = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    return text[: max_chars - 3] + "..." if len(text) > max_chars else text
 
 
 def check_references(references) -> dict:
@@ -293,8 +297,10 @@ class AuditCLI(LightningCLI):
         self._evaluate(self.trainer.test, model, datamodule, ckpt_path, **kwargs)
 
 
-def cli_main(args: list[str] | None = None, run: bool = True, cli_class: type[AuditCLI] = AuditCLI) -> AuditCLI:
-    per_command = {"parser_mode": "omegaconf", "default_config_files": [str(DEFAULT_CONFIG)]}
+def cli_main(args: list[str] | None = None, run: bool = True, cli_class: type[AuditCLI] = AuditCLI,
+             exit_on_error: bool = True) -> AuditCLI:
+    per_command = {"parser_mode": "omegaconf", "default_config_files": [str(DEFAULT_CONFIG)],
+                   **({} if exit_on_error else {"exit_on_error": False})}
     return cli_class(
         Classifier,
         MembershipDataModule,
@@ -306,7 +312,8 @@ def cli_main(args: list[str] | None = None, run: bool = True, cli_class: type[Au
         save_config_callback=ConfigToLoggers,
         save_config_kwargs={"overwrite": True},
         # Subcommand parsers take their own kwargs; without subcommands (run=False) the main one does.
-        parser_kwargs={sub: dict(per_command) for sub in SUBCOMMANDS} if run else per_command,
+        parser_kwargs={**{sub: dict(per_command) for sub in SUBCOMMANDS},
+                       **({} if exit_on_error else {"exit_on_error": False})} if run else per_command,
         args=args,
         run=run,
         auto_configure_optimizers=False,
@@ -338,8 +345,10 @@ def run_cli(args: list[str]) -> int:
 
 
 class _ParseOnly(AuditCLI):
-    """The parser and checks of `run.py fit`, without training: the config is resolved and the
-    model, data module and callbacks are built (which checks every value), the trainer is not."""
+    """The parser and checks of `run.py fit` (or `run.py audit`), without training or auditing:
+    the config is resolved and the model, data module and callbacks are built (which checks
+    every value), the trainer is not; for audit, every audit setting is checked as far as it
+    can be before the models exist."""
 
     def instantiate_classes(self) -> None:
         self.config_init = self.parser.instantiate_classes(self.config)
@@ -348,12 +357,26 @@ class _ParseOnly(AuditCLI):
                 cb.check()
 
     def after_instantiate_classes(self) -> None:
-        pass
+        if self.subcommand == "audit":
+            cfg = self.config_init["audit"]
+            settings = AuditSettings(**{k: cfg[k] for k in AUDIT_SETTING_KEYS if k in cfg}).check()
+            settings.check_inputs(cfg["data"].input_frames is not None)
+            check_latency_values(cfg.get("latencies"))
+            check_report_dir(cfg.get("report_dir"), cfg["run_dir"], 0)
+            K = cfg["data"].num_references  # every model counts as finished: only the values are checked here
+            check_targets(cfg.get("targets"), K, list(range(K + 1)), 0)
+        self.subcommand = None  # parsed and checked: nothing runs
 
 
-def parse_config(args: list[str]) -> dict:
-    """run.py's configuration for `args` (the flags of `run.py fit`), resolved by the same
-    parser as fit and checked: a dict with run_dir, data, model, trainer, references, ...
-    A bad value raises ConfigError (or exits 2 with one line, for a parser error)."""
-    cli = cli_main(args, run=False, cli_class=_ParseOnly)
-    return cli.config.as_dict()
+AUDIT_SETTING_KEYS = tuple(f.name for f in dataclasses.fields(AuditSettings))
+
+
+def parse_config(args: list[str], subcommand: str | None = None) -> dict:
+    """run.py's configuration for `args` (the flags of `run.py fit`, or of `run.py <subcommand>`),
+    resolved by the same parser as that command and checked with the same checks, without
+    running anything: a dict with run_dir, data, model, trainer, references, ...
+    A bad value, parser errors included, raises ConfigError (one line)."""
+    quiet_lightning()
+    argv = [subcommand, *args] if subcommand else list(args)
+    cli = cli_main(argv, run=subcommand is not None, cli_class=_ParseOnly, exit_on_error=False)
+    return (cli.config[subcommand] if subcommand else cli.config).as_dict()

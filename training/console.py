@@ -23,12 +23,13 @@ from audit.attacks import names_with
 _BANNERS = ("GPU available", "TPU available", "HPU available", "💡 Tip", "`Trainer.fit` stopped", "Seed set to")
 # Warnings the tool causes on purpose, by the start of their text (a regular expression).
 _OURS = (
-    # run.py and the study call LightningCLI with an argument list while sys.argv holds the subcommand
-    re.escape("LightningCLI's args parameter is intended to run from within Python"),
     # a resumed model writes into its own checkpoints folder again
     re.escape("Checkpoint directory"),
     # every pool is a tensor in memory: loader workers would only copy it (data.num_workers stays available)
     r"The '\w+' does not have many workers",
+    # a small run has fewer batches per epoch than trainer.log_every_n_steps: Lightning still
+    # logs at the end of every epoch, so nothing is lost
+    r"The number of training batches \(\d+\) is smaller than the logging interval",
     # raised inside Lightning by torch >= 2.14's pytree; nothing a user can change
     re.escape("`isinstance(treespec, LeafSpec)` is deprecated"),
 )
