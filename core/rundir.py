@@ -71,12 +71,31 @@ def atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        write(tmp)
+        _write_tmp(path, tmp, write)
         kill_point(f"write:{path}")
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _write_tmp(path: Path, tmp: Path, write) -> None:
+    """`write(tmp)`; a failure on a full disk (torch.save says only "unexpected pos" or "file
+    write failed") becomes OSError(ENOSPC) naming `path`, the file that could not be written."""
+    try:
+        write(tmp)
+    except Exception as err:
+        if disk_full(err) or _no_space(path.parent):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path)) from err
+        raise
+
+
+def _no_space(folder: Path) -> bool:
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < (1 << 20)
 
 
 def write_json(path: Path, obj, indent: int = 2) -> None:
@@ -196,7 +215,7 @@ def write_checkpoint_file(path: str | Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        write(tmp)
+        _write_tmp(path, tmp, write)
         new = file_sha256(tmp)
         previous = file_sha256(path) if path.is_file() else None
         write_json(sidecar(path), {"sha256": new, "previous": previous})

@@ -114,6 +114,7 @@ class MembershipDataModule(L.LightningDataModule):
         check_int("data.batch_size", batch_size, 1)
         check_int("data.eval_batch_size", eval_batch_size, 1)
         check_int("data.num_workers", num_workers, 0)
+        check_int("data.seed", seed, 0, 2 ** 63 - 1)  # torch.Generator.manual_seed's range
         if isinstance(population, float) and population >= 1 and population.is_integer():
             population = int(population)  # a count that a parser read as 1000.0
         self.save_hyperparameters()
