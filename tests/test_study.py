@@ -95,7 +95,7 @@ def test_tiny_study_writes_report_and_plots_and_rerun_retrains_nothing(tmp_path,
 def test_failing_run_names_the_entry(tmp_path, capsys):
     rd = tmp_path / "study"
     cfg = write_study(tmp_path / "s.yml", rd, entries=[{"name": "bad", "args": ["--model.kind", "nope"]}])
-    assert study_main(["--config", str(cfg)]) == 1
+    assert study_main(["--config", str(cfg)]) == 2  # bad input: refused before anything trains
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error:") and "'bad'" in err and "fit" in err
     assert not (rd / "study").exists()
