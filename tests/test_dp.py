@@ -212,7 +212,8 @@ def test_dp_fit_trains_audits_every_epoch_and_logs_epsilon(dp_run):
     audited = {int(r["epoch"]) for r in rows(rd) if r.get("attack/rmia_offline/auc")}
     assert audited == {0, 1, 2}
     losses = [float(r["train/loss"]) for r in rows(rd) if r.get("train/loss")]
-    assert len(losses) == 3 and all(map(torch.isfinite, torch.tensor(losses)))  # eps = 1 learns little here: see below
+    assert len(losses) == 3 and all(map(torch.isfinite, torch.tensor(losses)))
+    assert losses[2] < losses[0]  # DP-SGD at epsilon 1 still learns: the training loss falls over the 3 epochs
     for k in (1, 2):  # the references are DP too, by default
         ref = json.loads((rd / f"model_{k}" / "done.json").read_text())["dp"]
         assert ref["target_epsilon"] == 1 and ref["epsilon"] <= 1

@@ -284,7 +284,16 @@ def test_a_study_with_seeds_trains_each_entry_per_seed_and_reports_verdicts(tmp_
     # quarter of the samples lack an OUT reference: offline RMIA runs for target 0 only
     assert study["summary"]["snn_T1"]["attacks"]["rmia_offline"]["auc"]["n_values"] == 2
     finding = next(f for f in study["findings"] if f["finding"] == 3 and f["attack"] == "rmia_offline")
-    assert finding["comparison"] == "snn_T1 - ann" and finding["verdict"] in ("holds", "reversed", "not resolved at 95%")
+    assert finding["comparison"] == "snn_T1 - ann"
+    # the paired difference is the mean over seeds of target 0's AUC, SNN minus ANN, read here off
+    # each entry's own audit report; the verdict is what that interval says (+1: SNN leaks more)
+    diffs = [json.loads((rd / f"seed_{s}" / "snn_T1" / "audit" / "report.json").read_text())["attacks"]["rmia_offline"]
+             ["auc"] - json.loads((rd / f"seed_{s}" / "ann" / "audit" / "report.json").read_text())["attacks"]
+             ["rmia_offline"]["auc"] for s in (0, 1)]
+    assert finding["mean"] == pytest.approx(sum(diffs) / 2, abs=1e-12)
+    lo, hi = finding["ci"]
+    assert lo < finding["mean"] < hi
+    assert finding["verdict"] == ("holds" if lo > 0 else "reversed" if hi < 0 else "not resolved at 95%")
     md = (rd / "study" / "report.md").read_text()
     assert "## The paper's findings" in md and "snn_T1 - ann" in md and " [" in md
     assert (rd / "study" / "leakage_vs_T.png").stat().st_size > 10_000
