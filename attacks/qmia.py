@@ -8,7 +8,6 @@ model on a dataset is the audit engine's (audit/attacks/qmia.py).
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 

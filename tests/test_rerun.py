@@ -7,11 +7,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import torch
 
 import run
 from test_integrity import QUIET, SMALL, audit, fit, flip_a_bit, last_line, snapshot
