@@ -12,6 +12,8 @@ from audit.attacks import REGISTRY, names_with
 from audit.report import bar_point, dodged_errorbar
 from core.rundir import atomic_write
 
+from .access import access_summary, plot_access
+from .access import markdown as access_markdown
 from .verdicts import aggregate, fmt, target_values
 
 MAIN_ATTACKS = tuple(names_with("study"))  # the registered attacks that declare study = True
@@ -119,6 +121,7 @@ def markdown(study: dict) -> str:
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
     lines += dp_section(study)
+    lines += access_markdown(study)
     lines += ["distinct conf.: distinct confidences of the first seed's main target / N under that query setting "
               "(low = many ties).",
               f"Plots: leakage_vs_T.png (AUC and TPR at low FPR against T, with 95% intervals; the ANN as a "
@@ -460,6 +463,7 @@ def write_study_report(spec: dict, plans: dict, reports: dict[tuple, dict], fact
         "entries": entries,
     }
     study.update(aggregate(study))
+    study["access"] = access_summary(study)
     atomic_write(out / "report.json", lambda p: p.write_text(json.dumps(study, indent=1) + "\n"))
     atomic_write(out / "report.md", lambda p: p.write_text(markdown(study)))
     plot_leakage_vs_T(study, out / "leakage_vs_T.png")
@@ -467,6 +471,8 @@ def write_study_report(spec: dict, plans: dict, reports: dict[tuple, dict], fact
         plot_leakage_vs_epsilon(study, out / "leakage_vs_epsilon.png")
     plot_roc_overlay(study, out / "roc_overlay.png")
     plot_epochs(study, out / "auc_per_epoch.png")
+    if study["access"]:
+        plot_access(study, out / "leakage_by_access.png")
     return study
 
 
