@@ -42,6 +42,16 @@ def usage() -> str:
 
 
 def main(args: list[str] | None = None) -> int:
+    from core.errors import ToolError, first_line
+
+    try:
+        return _route(args)
+    except ToolError as err:  # every subcommand's errors end the same way: one line, the error's exit status
+        print(f"error: {first_line(err, 1000)}", file=sys.stderr)
+        return err.exit_code
+
+
+def _route(args: list[str] | None) -> int:
     argv = sys.argv[1:] if args is None else list(args)
     if not sys.stderr.isatty():  # in a log file, no progress bars (tqdm reads this when it is imported)
         os.environ.setdefault("TQDM_DISABLE", "1")

@@ -28,6 +28,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.errors import ConfigError
 from core.rundir import finished_models
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ SET_PER_JOB = {
 }
 
 
-class SlurmError(ValueError):
+class SlurmError(ConfigError):
     """A bad option: the message names it and says what is allowed."""
 
 
@@ -131,7 +132,6 @@ def check_passthrough(args: list[str]) -> None:
 def load_config(args: list[str]) -> dict:
     """run.py's configuration for these flags, resolved and checked by the same parser as
     `run.py fit` (configs/default.yaml, each --config in order, then flags)."""
-    from core.errors import ConfigError
     from training.cli import parse_config
 
     try:
@@ -164,7 +164,6 @@ def check_audit_flags(args: list[str], options: SlurmOptions) -> None:
     before any script is written: a typo fails now, not after the models have trained."""
     if not options.audit:
         return
-    from core.errors import ConfigError
     from training.cli import parse_config
 
     extra = [*(["--queries", options.audit_queries] if options.audit_queries is not None else []),
@@ -189,7 +188,6 @@ def resources_from_data(options: SlurmOptions, data: dict) -> None:
 def check_data(data: dict, workdir: Path) -> None:
     """The dataset is readable where the jobs will run (relative roots resolve in the workdir):
     a missing CIFAR with download false would otherwise fail every array task after its wait."""
-    from core.errors import ConfigError
     from datamodules.datasets import check_readable
 
     if data.get("download"):

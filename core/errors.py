@@ -1,8 +1,11 @@
-"""One exception type for user-facing configuration and data errors.
+"""One exception family for every error a user or a cluster can cause.
 
-The entry points (`run.py` and its subcommands) turn a `ConfigError` into a single
-line on stderr and exit code 2, so every message names the key or the file, the
-value, and what is allowed.
+`ToolError` is the base; each subclass says its exit status. `ConfigError` (exit 2) is a bad
+config value, a missing or corrupt file, or a plan that does not match: its message names the
+key or the file, the value, and what is allowed. `RunFailure` (exit 1) is a run that started
+from good input and failed (a study entry that failed, plans that disagree). The SLURM and
+study errors subclass these two. `run.py` turns every `ToolError` that reaches it into the
+same single line on stderr, `error: <message>`, and the subclass's exit status.
 """
 
 from __future__ import annotations
@@ -10,8 +13,22 @@ from __future__ import annotations
 import math
 
 
-class ConfigError(ValueError):
-    """A bad config value, a missing or corrupt file, or a plan that does not match."""
+class ToolError(Exception):
+    """Base of the errors `run.py` ends in one line; `exit_code` is the process's exit status."""
+
+    exit_code = 1
+
+
+class ConfigError(ToolError, ValueError):
+    """A bad config value, a missing or corrupt file, or a plan that does not match (exit 2)."""
+
+    exit_code = 2
+
+
+class RunFailure(ToolError, RuntimeError):
+    """A run that began from good input and failed: a study entry, plans that disagree (exit 1)."""
+
+    exit_code = 1
 
 
 def first_line(err: BaseException, limit: int = 200) -> str:

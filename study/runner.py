@@ -36,6 +36,7 @@ from typing import Any
 import yaml
 
 from audit.report import tables_off
+from core.errors import ConfigError, RunFailure
 
 from .report import table, write_study_report
 
@@ -44,11 +45,11 @@ ENTRY_KEYS = {"name", "args"}
 NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
 
-class StudyError(ValueError):
+class StudyError(ConfigError):
     """A bad study file or flag (exit 2)."""
 
 
-class StudyFailure(RuntimeError):
+class StudyFailure(RunFailure):
     """A run failed or the entries disagree (exit 1)."""
 
 
@@ -224,7 +225,6 @@ def check_study(spec: dict) -> None:
     """Every entry's `run.py fit` and `run.py audit` flags, for every seed, through the parser and
     checks the runs themselves use, before anything trains: a typo in the last entry fails now,
     not hours in (StudyError naming the entry)."""
-    from core.errors import ConfigError
     from training.cli import parse_config
 
     for seed in spec.get("seeds") or [None]:
