@@ -16,13 +16,9 @@ import json
 
 import torch
 
-from core.rundir import atomic_write, checkpoint_path, file_sha256, model_dir, tensors_sha256, write_json
+from core.rundir import atomic_write, checkpoint_path, file_sha256, tensors_sha256, trajectory_dir, write_json
 
 from .signals import compute_signals
-
-
-def trajectory_dir(run_dir, index: int):
-    return model_dir(run_dir, index) / "trajectory"
 
 
 def _key(dm, epoch: int) -> dict:

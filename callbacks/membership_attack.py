@@ -36,7 +36,7 @@ from audit.signals import compute_signals
 from audit.trajectory import finish, record
 from core.errors import ConfigError, check_int
 from core.faults import kill_point
-from core.rundir import audit_dir, done_path
+from core.rundir import audit_dir, done_path, report_paths
 
 from .trajectory import TrajectoryRecorder
 
@@ -109,8 +109,7 @@ class MembershipAttack(L.Callback):
         """The files model `index` of `run_dir` owes (a rerun re-verifies them): the target's report set."""
         if not (self.report and run_dir is not None and index == 0):
             return []
-        out = audit_dir(run_dir)
-        return [out / "report.json", out / "report.md", out / "roc.png"]
+        return list(report_paths(run_dir).values())
 
     # -- preparation ----------------------------------------------------------------------
     def _active(self, trainer) -> bool:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import ConfigError
-from core.rundir import finished_models
+from core.rundir import finished_models, slurm_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -241,7 +241,7 @@ def generate(config_args: list[str], run_dir: str, num_references: int, options:
     workdir = Path(o.workdir or os.getcwd()).resolve()
     if re.search(r"\s", str(workdir)):
         raise SlurmError(f"workdir={str(workdir)!r} is not allowed; allowed: a folder path without whitespace")
-    logs = workdir / run_dir / "slurm"
+    logs = slurm_dir(workdir / run_dir)
     name = o.job_name or (Path(run_dir).name or "study")
     run_py = "run.py" if workdir == ROOT else str(ROOT / "run.py")
     world = o.nodes * o.ntasks_per_node
@@ -449,14 +449,14 @@ def submit_main(argv: list[str]) -> int:
     skipped = sorted(finished)
     if skipped:
         print(f"finished earlier, not submitted: {', '.join(f'model_{j}' for j in skipped)}", file=sys.stderr)
-    (workdir / run_dir / "slurm").mkdir(parents=True, exist_ok=True)  # SLURM does not create the log folder
+    slurm_dir(workdir / run_dir).mkdir(parents=True, exist_ok=True)  # SLURM does not create the log folder
     if not (flags.out or flags.submit):
         for name, text in scripts.items():
             print(f"# ==> {name} <==\n{text}")
         print("nothing written or submitted: --out DIR writes these scripts, --submit also sbatches them",
               file=sys.stderr)
         return 0
-    out = Path(flags.out) if flags.out else workdir / run_dir / "slurm"
+    out = Path(flags.out) if flags.out else slurm_dir(workdir / run_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     for name, text in scripts.items():

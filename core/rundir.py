@@ -58,6 +58,38 @@ def audit_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "audit"
 
 
+def plan_paths(run_dir: str | Path) -> tuple[Path, Path]:
+    """(plan.json, plan.pt): the membership plan's record (written last: it marks a complete
+    plan) and its tensors."""
+    return Path(run_dir) / "plan.json", Path(run_dir) / "plan.pt"
+
+
+def report_paths(run_dir: str | Path) -> dict[str, Path]:
+    """The target's report set in run_dir/audit/: what a finished target owes."""
+    out = audit_dir(run_dir)
+    return {"json": out / "report.json", "md": out / "report.md", "roc": out / "roc.png"}
+
+
+def trajectory_dir(run_dir: str | Path, index: int) -> Path:
+    """Model `index`'s rescaled logits at each audited epoch (audit/trajectory.py)."""
+    return model_dir(run_dir, index) / "trajectory"
+
+
+def trained_model_dirs(run_dir: str | Path) -> list[Path]:
+    """The model folders of run_dir that hold a checkpoints folder (something was trained)."""
+    return sorted(p.parent for p in Path(run_dir).glob("model_*/checkpoints"))
+
+
+def study_dir(run_dir: str | Path) -> Path:
+    """A study's combined report (run.py study)."""
+    return Path(run_dir) / "study"
+
+
+def slurm_dir(run_dir: str | Path) -> Path:
+    """SLURM scripts and job logs of run.py submit."""
+    return Path(run_dir) / "slurm"
+
+
 def requeue_checkpoints(run_dir: str | Path, index: int) -> list[Path]:
     """Lightning's SLURM requeue checkpoints of model `index` (hpc_ckpt_<n>.ckpt)."""
     return sorted(model_dir(run_dir, index).glob("hpc_ckpt_*.ckpt"))

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from core.errors import ConfigError, first_line
-from core.rundir import PlanLock, atomic_write, tensors_sha256
+from core.rundir import PlanLock, atomic_write, plan_paths, tensors_sha256, trained_model_dirs
 
 from .identity import describe_difference
 
@@ -120,17 +120,18 @@ def save_plan(plan: Plan, run_dir: str | Path) -> None:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tensors = plan_tensors(plan)
-    atomic_write(run_dir / "plan.pt", lambda p: torch.save(tensors, p))
+    meta, data = plan_paths(run_dir)
+    atomic_write(data, lambda p: torch.save(tensors, p))
     # plan.json is written last: its presence marks a complete plan.
     record = {**plan.fingerprint, "content_sha256": tensors_sha256(tensors)}
-    atomic_write(run_dir / "plan.json", lambda p: p.write_text(json.dumps(record, indent=2) + "\n"))
+    atomic_write(meta, lambda p: p.write_text(json.dumps(record, indent=2) + "\n"))
 
 
 def load_plan(run_dir: str | Path) -> Plan | None:
     """The plan saved in `run_dir`, or None if there is none; its tensors are checked against
     the hash in plan.json (a flipped bit, a swapped file or an edited plan.json is an error)."""
     run_dir = Path(run_dir)
-    meta, data = run_dir / "plan.json", run_dir / "plan.pt"
+    meta, data = plan_paths(run_dir)
     if not meta.exists():
         if data.exists():
             raise ConfigError(f"run_dir={str(run_dir)!r} holds {data} but not its {meta.name}: the plan is incomplete or "
@@ -182,7 +183,7 @@ def load_or_create_plan(run_dir: str | Path | None, save: bool = True, **setting
     with PlanLock(run_dir):
         saved = load_plan(run_dir)
         if saved is None:
-            trained = sorted(str(p.parent.name) for p in Path(run_dir).glob("model_*/checkpoints"))
+            trained = [p.name for p in trained_model_dirs(run_dir)]
             if trained:
                 raise ConfigError(f"run_dir={str(run_dir)!r} has models ({', '.join(trained)}) but no membership plan: "
                                   "it was deleted; restore plan.json and plan.pt, or use a new --run_dir")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from audit.attacks import REGISTRY, names_with
 from audit.report import bar_point, dodged_errorbar
-from core.rundir import atomic_write
+from core.rundir import atomic_write, study_dir
 
 from .access import access_summary, plot_access
 from .access import markdown as access_markdown
@@ -434,7 +434,7 @@ def write_study_report(spec: dict, plans: dict, reports: dict[tuple, dict], fact
                        seed_dir) -> dict:
     """Assemble and write the study report from each (entry, seed)'s audit report and done.json
     facts; `seed_dir(spec, seed)` is where a seed's runs are."""
-    out = Path(spec["run_dir"]) / "study"
+    out = study_dir(spec["run_dir"])
     seeds = spec.get("seeds") or [None]
     first = seeds[0]
     args = {e["name"]: e["args"] for e in spec["entries"]}

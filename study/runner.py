@@ -37,6 +37,7 @@ import yaml
 
 from audit.report import tables_off
 from core.errors import ConfigError, RunFailure
+from core.rundir import plan_paths, report_paths
 
 from .report import table, write_study_report
 
@@ -156,7 +157,7 @@ def _run(step: str, entry: str, argv: list[str]) -> None:
 
 
 def _plan_of(entry_dir: Path, entry: str) -> dict:
-    path = entry_dir / "plan.json"
+    path = plan_paths(entry_dir)[0]
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as err:
@@ -164,7 +165,7 @@ def _plan_of(entry_dir: Path, entry: str) -> dict:
 
 
 def _report_of(entry_dir: Path, entry: str) -> dict:
-    path = entry_dir / "audit" / "report.json"
+    path = report_paths(entry_dir)["json"]
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as err:

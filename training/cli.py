@@ -24,7 +24,7 @@ from audit.offline import AuditRun, check_audit, run_audit
 from audit.settings import check_latency_values, check_report_dir, check_targets
 from callbacks import MembershipAttack
 from core.errors import ConfigError, check_int, first_line
-from core.rundir import check_run_dir, checkpoint_path, disk_full, model_dir, read_checkpoint
+from core.rundir import check_run_dir, checkpoint_path, disk_full, model_dir, plan_paths, read_checkpoint
 from datamodules import MembershipDataModule
 from lightning_modules import Classifier
 from lightning_modules.privacy import check_trainer
@@ -102,7 +102,7 @@ def recorded_plan(run_dir) -> dict | None:
     if not isinstance(run_dir, str) or not run_dir.strip():
         return None
     try:
-        record = json.loads((Path(run_dir) / "plan.json").read_text())
+        record = json.loads(plan_paths(run_dir)[0].read_text())
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) and all(k in record for k in PLAN_FLAGS) else None
