@@ -21,7 +21,7 @@ from lightning_modules import net_name
 from .attacks import AttackContext
 from .cache import cached_signals_by_latency
 from .distributed import Ranks
-from .report import print_table, write_report
+from .report import write_report
 from .scoring import accuracies, evaluate, reference_indices, runnable, setting_name
 from .settings import AuditSettings
 from .stats import CONFIDENCE, EPS_ASSUMPTIONS, across_targets, attack_summaries
@@ -132,7 +132,7 @@ class Audit:
     def write_report(self, out_dir, metrics: dict, *, facts: dict, epoch: int, acc: dict, history: list,
                      extra_target: dict | None = None, extra_settings: dict | None = None,
                      latency: dict | None = None, targets: dict | None = None) -> dict:
-        """report.json, report.md and the plots in `out_dir`; prints the table. The one
+        """report.json, report.md and the plots in `out_dir` (the caller prints the table). The one
         place where a report is assembled. `targets` ({model: {"attacks", accuracies}}), from
         `rotate`, adds every target's numbers and the mean and interval across them."""
         attacks, eps = self.summaries(metrics)
@@ -161,7 +161,6 @@ class Audit:
         report = write_report(out_dir, metrics, attacks=attacks, target=target, history=history,
                               skipped=self.skipped_now(metrics), settings=settings, title=f"{facts.get('kind')} {facts.get('arch')}",
                               latency=latency, num_nonmembers=self.num_nonmembers, extra=extra)
-        print_table(report, out_dir / "report.md")
         return report
 
 

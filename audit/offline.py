@@ -20,6 +20,7 @@ every t, and latency.png plots those with error bars."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -31,7 +32,7 @@ from core.rundir import audit_dir, checkpoint_path, finished_models, read_checkp
 from .attacks import AttackContext
 from .distributed import Ranks
 from .engine import Audit, model_facts, rotate, target_signals_cached
-from .report import LATENCY_METRICS
+from .report import LATENCY_METRICS, table_text
 from .scoring import below_resolution, distinct_fraction, setting_name
 from .settings import AuditSettings, check_latencies, check_report_dir, check_targets
 from .stats import across_targets
@@ -69,10 +70,11 @@ def training_history(run_dir, index: int) -> list:
 
 
 def run_audit(dm, settings: AuditSettings, *, latencies=None, report_dir=None, targets=None, device=None,
-              progress: bool = True, ranks: Ranks | None = None) -> dict | None:
+              progress: bool = True, ranks: Ranks | None = None, print_table: bool = True) -> dict | None:
     """The audit of model dm.index, or of each model of `targets` in turn ("all" or a list; the
-    first is the report's main target); returns the report. Under DDP (`ranks` sharded) every
-    rank calls it with the same settings; rank 0 writes and returns the report, the others None."""
+    first is the report's main target); returns the report, and prints its table on stderr
+    unless `print_table` is false. Under DDP (`ranks` sharded) every rank calls it with the same
+    settings; rank 0 writes and returns the report, the others None."""
     ranks = ranks or Ranks()
     run_dir = dm.run_dir
     checked = check_audit(run_dir, dm.index, settings, latencies, report_dir, targets, dm.num_references)
@@ -144,12 +146,15 @@ def run_audit(dm, settings: AuditSettings, *, latencies=None, report_dir=None, t
     if latency_series and rotated:
         add_across_targets(latency_series, series, rotated)
     out = checked["report_dir"] or audit_dir(run_dir)
-    return audit.write_report(out, metrics, facts=model_facts(done), epoch=done.get("epochs", 0) - 1, acc=acc,
+    report = audit.write_report(out, metrics, facts=model_facts(done), epoch=done.get("epochs", 0) - 1, acc=acc,
                               history=training_history(run_dir, target_index),
                               extra_target={"distinct_confidences": distinct, "dp": done.get("dp"),
                                             "precision": done.get("precision")},
                               extra_settings={"latencies": list(checked["latencies"] or []), "signal_cache": stats},
                               latency=latency_series or None, targets=rotated)
+    if print_table:
+        print(table_text(report, Path(out) / "report.md"), file=sys.stderr)
+    return report
 
 
 def add_across_targets(latency_series: dict, points: dict, rotated: dict) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 from attacks import downsample_roc, plot_roc
@@ -107,22 +106,11 @@ def mean_cell(v: dict | None) -> str:
     return f"{v['mean']:.3f}" + (f" [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]" if v.get("ci") else "")
 
 
-_PRINT_TABLES = [True]
-
-
-class tables_off:
-    """Within it, writing a report does not print its table (the study prints its own)."""
-
-    def __enter__(self):
-        _PRINT_TABLES.append(False)
-
-    def __exit__(self, *exc):
-        _PRINT_TABLES.pop()
-
-
-def print_table(report: dict, where: Path) -> None:
-    if _PRINT_TABLES[-1]:
-        print("\n" + table(report) + f"\nreport: {where}", file=sys.stderr)
+def table_text(report: dict, where: Path) -> str:
+    """What the terminal shows at the end of an audit: the table and where the report is. A
+    renderer: whoever ran the audit decides whether to print it (`run.py` does; a study's
+    entries do not, the study prints its own table)."""
+    return "\n" + table(report) + f"\nreport: {where}"
 
 
 def write_report(audit_dir: str | Path, metrics: dict[str, dict], *, attacks: dict | None = None,

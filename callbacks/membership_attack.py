@@ -22,6 +22,8 @@ The audit itself is audit.Audit; the settings are audit.AuditSettings.
 
 from __future__ import annotations
 
+import sys
+
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 
@@ -31,6 +33,7 @@ from audit.attacks import AttackContext
 from audit.cache import cached_signals, store_signals
 from audit.engine import rotate
 from audit.distributed import Ranks
+from audit.report import table_text
 from audit.scoring import setting_name
 from audit.signals import compute_signals
 from audit.trajectory import finish, record
@@ -67,6 +70,9 @@ class MembershipAttack(L.Callback):
         self.progress = progress
         self.report = report
         self.rotate = rotate
+        # run.py prints the final report's table on stderr; a study's in-process runs do not
+        # (the study prints its own). Set by whoever runs the fit, not a config value.
+        self.print_table = True
         self.same_references = True  # fit sets it: False with --references overrides (no rotation)
         self.last_target_signals: dict[str, dict] = {}
         self.history: list[dict] = []
@@ -267,6 +273,8 @@ class MembershipAttack(L.Callback):
             history=self.history, extra_target={"dp": getattr(pl_module, "dp_facts", lambda: None)(),
                                                 "precision": str(trainer.precision)},
             targets=targets)
+        if self.print_table:
+            print(table_text(report, audit_dir(dm.run_dir) / "report.md"), file=sys.stderr)
         log_roc_to_wandb(trainer, report)
 
     def _cached_target_signals(self, dm, pl_module, ranks: Ranks) -> dict | None:

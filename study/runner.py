@@ -35,7 +35,6 @@ from typing import Any
 
 import yaml
 
-from audit.report import tables_off
 from core.errors import ConfigError, RunFailure
 from core.rundir import plan_paths, report_paths
 
@@ -144,8 +143,7 @@ def _run(step: str, entry: str, argv: list[str]) -> None:
 
     print(f"study: {entry}: python run.py {shlex.join([step, *argv])}", file=sys.stderr, flush=True)
     try:
-        with tables_off():  # the study prints its own table at the end
-            code = run_cli([step, *argv])
+        code = run_cli([step, *argv], print_tables=False)  # the study prints its own table at the end
     except SystemExit as err:  # jsonargparse exits on a bad flag
         code = err.code if isinstance(err.code, int) else 1
     except Exception as err:  # noqa: BLE001 - one line naming the entry, not a traceback

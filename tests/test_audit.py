@@ -337,3 +337,16 @@ def test_audit_refuses_each_bad_setting_in_one_line_before_any_query(ann_run, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and key in err[-1] and "allowed" in err[-1], err[-1]
     assert sorted(p.relative_to(ann_run) for p in ann_run.rglob("*")) == before
+
+
+def test_the_table_is_printed_by_whoever_runs_the_audit_not_by_a_global_switch(small_run, capsys, tmp_path):
+    from training.cli import run_cli
+
+    args = ["audit", "--run_dir", str(small_run), *QUIET, "--report_dir", str(tmp_path / "r")]
+    assert run_cli(args, print_tables=False) == 0
+    quiet = capsys.readouterr().err
+    assert "report:" not in quiet and "AUC [95% CI]" not in quiet
+    assert (tmp_path / "r" / "report.md").is_file()  # written all the same
+    assert run_cli(args) == 0
+    loud = capsys.readouterr().err
+    assert "AUC [95% CI]" in loud and f"report: {tmp_path / 'r' / 'report.md'}" in loud

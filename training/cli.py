@@ -164,6 +164,8 @@ def check_run_settings(cfg, subcommand: str | None) -> None:
 
 
 class AuditCLI(LightningCLI):
+    print_tables = True  # the final report's table on stderr (run_cli(print_tables=False): a study's entries)
+
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         # predict means nothing here: an audit is what this tool predicts
@@ -237,6 +239,9 @@ class AuditCLI(LightningCLI):
         configured = self._trainer_init().get("callbacks") or []
         configured = configured if isinstance(configured, list) else [configured]
         kwargs["callbacks"] = [*configured, *own_callbacks(self._cfg, index)]
+        for cb in kwargs["callbacks"]:
+            if isinstance(cb, MembershipAttack):
+                cb.print_table = self.print_tables
         kwargs["plugins"] = with_atomic_checkpoints(self._trainer_init().get("plugins"))
         return super().instantiate_trainer(**kwargs)
 
@@ -263,7 +268,8 @@ class AuditCLI(LightningCLI):
             datamodule.prepare_data()  # the plan: written (or checked) once, read by every rank
         # query bars on a terminal only (in a log file they are megabytes of carriage returns)
         progress = self._cfg.trainer.get("enable_progress_bar") is not False and interactive()
-        kwargs = dict(latencies=latencies, report_dir=report_dir, targets=targets, progress=progress)
+        kwargs = dict(latencies=latencies, report_dir=report_dir, targets=targets, progress=progress,
+                      print_table=self.print_tables)
         if self.trainer.world_size == 1:
             datamodule.setup("audit")
             run_audit(datamodule, settings, device=self.trainer.strategy.root_device, **kwargs)
@@ -320,11 +326,12 @@ def cli_main(args: list[str] | None = None, run: bool = True, cli_class: type[Au
     )
 
 
-def run_cli(args: list[str]) -> int:
-    """One of fit, validate, test, audit: 0 done, 2 a ConfigError (one line on stderr)."""
+def run_cli(args: list[str], print_tables: bool = True) -> int:
+    """One of fit, validate, test, audit: 0 done, 2 a ConfigError (one line on stderr). With
+    `print_tables` false, the report's table is written but not printed (a study prints its own)."""
     quiet_lightning()
     try:
-        cli_main(args)
+        cli_main(args, cli_class=AuditCLI if print_tables else _NoTables)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -342,6 +349,10 @@ def run_cli(args: list[str]) -> int:
         print(f"error: {line}", file=sys.stderr)
         return 2
     return 0
+
+
+class _NoTables(AuditCLI):
+    print_tables = False
 
 
 class _ParseOnly(AuditCLI):
