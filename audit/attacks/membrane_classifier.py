@@ -1,0 +1,19 @@
+"""The white-box attack by a reference-trained classifier: logistic regression on the
+references' calibrated membrane summaries, applied to the target's."""
+
+from . import Attack, register
+from ._access import CLASSIFIER_PAPER, classifier
+
+
+@register
+class MembraneClassifier(Attack):
+    name = "membrane_classifier"
+    description = "logistic regression on the references' calibrated membrane summary"
+    paper = CLASSIFIER_PAPER
+    access = "membrane"
+    signals = ("membrane",)
+    references = "in_out"
+    order = 270
+
+    def score(self, data):
+        return classifier(data, "membrane")
