@@ -227,7 +227,6 @@ def test_spikes_attack_detects_what_the_label_cannot():
     ref_in = torch.stack(rows[1:])
     attacks = [REGISTRY[n]() for n in ("spikes_gaussian", "spikes_classifier", "label_only")]
     got = evaluate(attacks, signals[0], signals[1:], ref_in, rows[0])
-    print({n: m["auc"] for n, m in got.items()})
     assert got["spikes_gaussian"]["auc"] > 0.9 and got["spikes_classifier"]["auc"] > 0.9, \
         {n: m["auc"] for n, m in got.items()}
     assert 0.4 <= got["label_only"]["auc"] <= 0.6
@@ -242,7 +241,7 @@ def test_spikes_attack_detects_what_the_label_cannot():
 
 
 # -- run.py audit --attacks all on finished runs ------------------------------------------------
-SMALL = ["--data.num_references", "2", "--data.audit_size", "400", "--model.width", "0.25", "--model.T", "2"]
+SMALL = ["--data.num_references", "4", "--data.audit_size", "400", "--model.width", "0.25", "--model.T", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -265,7 +264,7 @@ def audit_all(rd, *extra):
 def test_audit_all_gives_every_attack_its_access_and_caches_each_level(runs):
     rd = runs["snn"]
     report = audit_all(rd)
-    assert report["settings"]["signal_cache"] == {"misses": 3}  # fit cached no level: one pass per model
+    assert report["settings"]["signal_cache"] == {"misses": 5}  # fit cached no level: one pass per model
     new = {"label_only", "steps_lira", "steps_rmia", "steps_gaussian", "spikes_gaussian", "spikes_classifier",
            "membrane_gaussian", "membrane_classifier"}
     assert new <= set(report["attacks"])
@@ -280,16 +279,16 @@ def test_audit_all_gives_every_attack_its_access_and_caches_each_level(runs):
         meta = json.loads((rd / "model_1" / "signals" / f"plain__T2__seed0__{level}.json").read_text())
         assert meta["level"] == level and meta["model_index"] == 1 and "unavailable" not in meta
     again = audit_all(rd)
-    assert again["settings"]["signal_cache"] == {"hits": 3}
+    assert again["settings"]["signal_cache"] == {"hits": 5}
     assert again["attacks"]["spikes_gaussian"]["auc"] == report["attacks"]["spikes_gaussian"]["auc"]
     # one level lost: that model is queried once more, everything asked in one pass
     (rd / "model_2" / "signals" / "plain__T2__seed0__membrane.json").unlink()
-    assert audit_all(rd)["settings"]["signal_cache"] == {"hits": 2, "misses": 1}
+    assert audit_all(rd)["settings"]["signal_cache"] == {"hits": 4, "misses": 1}
     # a damaged level entry is recomputed with a warning
     path = rd / "model_1" / "signals" / "plain__T2__seed0__spikes.pt"
     torch.save({"audit/spikes": torch.zeros(1)}, path)
     with pytest.warns(UserWarning, match="damaged"):
-        assert audit_all(rd)["settings"]["signal_cache"] == {"hits": 2, "misses": 1}
+        assert audit_all(rd)["settings"]["signal_cache"] == {"hits": 4, "misses": 1}
 
 
 def test_swapped_folders_are_refused_with_level_entries(runs, capsys):
@@ -316,7 +315,7 @@ def test_an_ann_run_reports_the_levels_it_cannot(runs):
     assert all("access" in row for row in report["attacks"].values())
     meta = json.loads((rd / "model_1" / "signals" / "plain__Tann__seed0__steps.json").read_text())
     assert meta["unavailable"] == "an ANN has no time steps"
-    assert audit_all(rd)["settings"]["signal_cache"] == {"hits": 3}  # an unavailable level is cached too
+    assert audit_all(rd)["settings"]["signal_cache"] == {"hits": 5}  # an unavailable level is cached too
     md = (rd / "audit" / "report.md").read_text()
     assert "steps_lira (no steps level: an ANN has no time steps)" in md
 

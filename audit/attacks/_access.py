@@ -36,3 +36,9 @@ def classifier(data, level: str) -> torch.Tensor:
 
     target, refs = features(data, level)
     return reference_classifier(target, refs, data.ref_in, seed=0)
+
+
+def too_few(data, needed: int, what: str) -> str | None:
+    """Why `data` has too few references for an attack that needs `needed` (None: enough)."""
+    k = len(data.references)
+    return f"needs >= {needed} references {what}; got {k}" if k < needed else None

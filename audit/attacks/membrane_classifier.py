@@ -2,7 +2,7 @@
 references' calibrated membrane summaries, applied to the target's."""
 
 from . import Attack, register
-from ._access import CLASSIFIER_PAPER, classifier
+from ._access import CLASSIFIER_PAPER, classifier, too_few
 
 
 @register
@@ -17,3 +17,6 @@ class MembraneClassifier(Attack):
 
     def score(self, data):
         return classifier(data, "membrane")
+
+    def unavailable(self, data):
+        return super().unavailable(data) or too_few(data, 2, "(a leave-one-out calibration)")

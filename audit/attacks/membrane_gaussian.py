@@ -4,7 +4,7 @@ potential) as a feature vector, per-sample IN and OUT Gaussians with one pooled 
 The summary is permutation-invariant over neurons, so it transfers across models."""
 
 from . import Attack, register
-from ._access import GAUSSIAN_PAPER, gaussian
+from ._access import GAUSSIAN_PAPER, gaussian, too_few
 
 
 @register
@@ -19,3 +19,6 @@ class MembraneGaussian(Attack):
 
     def score(self, data):
         return gaussian(data, "membrane")
+
+    def unavailable(self, data):
+        return super().unavailable(data) or too_few(data, 3, "to estimate a covariance")

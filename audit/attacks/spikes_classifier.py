@@ -3,7 +3,7 @@ references' log(1 + spikes) rows, each calibrated by the sample's mean over the 
 references (label: the reference trained on it), applied to the target's rows."""
 
 from . import Attack, register
-from ._access import CLASSIFIER_PAPER, classifier
+from ._access import CLASSIFIER_PAPER, classifier, too_few
 
 
 @register
@@ -18,3 +18,6 @@ class SpikesClassifier(Attack):
 
     def score(self, data):
         return classifier(data, "spikes")
+
+    def unavailable(self, data):
+        return super().unavailable(data) or too_few(data, 2, "(a leave-one-out calibration)")

@@ -4,7 +4,7 @@ from the references with one pooled covariance. It sees the activity (what power
 reveals on neuromorphic hardware), not the output."""
 
 from . import Attack, register
-from ._access import GAUSSIAN_PAPER, gaussian
+from ._access import GAUSSIAN_PAPER, gaussian, too_few
 
 
 @register
@@ -19,3 +19,6 @@ class SpikesGaussian(Attack):
 
     def score(self, data):
         return gaussian(data, "spikes")
+
+    def unavailable(self, data):
+        return super().unavailable(data) or too_few(data, 3, "to estimate a covariance")

@@ -3,7 +3,7 @@ per-sample IN and OUT Gaussians with one covariance pooled over samples (T x T),
 the steps' correlation is modelled instead of counted T times."""
 
 from . import Attack, register
-from ._access import GAUSSIAN_PAPER, gaussian
+from ._access import GAUSSIAN_PAPER, gaussian, too_few
 
 
 @register
@@ -18,3 +18,6 @@ class StepsGaussian(Attack):
 
     def score(self, data):
         return gaussian(data, "steps")
+
+    def unavailable(self, data):
+        return super().unavailable(data) or too_few(data, 3, "to estimate a covariance")

@@ -4,6 +4,7 @@ ratios are averaged. It sees the readout at every step (`steps`)."""
 
 from . import Attack, register
 from ._access import LIRA_PAPER
+from ._lira import FIX_VARIANCE
 
 
 @register
@@ -14,9 +15,13 @@ class StepsLira(Attack):
     access = "steps"
     signals = ("steps",)
     references = "in_out"
+    settings = {"lira_fix_variance": FIX_VARIANCE}
     order = 210
 
     def score(self, data):
         from attacks.access import steps_lira
 
-        return steps_lira(data.steps_target, data.steps_references, data.ref_in)
+        fix = self.args["lira_fix_variance"]
+        if fix is None:  # as LiRA: one global sigma below 64 IN/OUT references per sample
+            fix = len(data.references) < 128
+        return steps_lira(data.steps_target, data.steps_references, data.ref_in, fix_variance=fix)
