@@ -327,3 +327,28 @@ def test_level_reasons_for_a_network_without_a_step_readout():
     reasons = level_reasons(MeanOnly(), LEVELS)
     assert reasons["steps"].startswith("the network returns logits [B, classes]") and reasons["spikes"] is None
     assert level_reasons(nn.Sequential(), ["spikes"]) == {"spikes": "no activation modules (nn.ReLU and kin) in the network"}
+
+
+# -- users' networks --------------------------------------------------------------------------
+def user_spec(class_path, **init_args):
+    return {"class_path": class_path, "init_args": init_args}
+
+
+@pytest.mark.parametrize("class_path, layers", [("examples.my_snn.MySNN", 2), ("examples.snntorch_net.SnnTorchCNN", 2)])
+def test_the_example_networks_get_every_level(class_path, layers):
+    if "snntorch" in class_path:
+        pytest.importorskip("snntorch")
+    torch.manual_seed(0)
+    model = Classifier(kind="snn", T=2, net=user_spec(class_path, channels=4))
+    out = query_signals(model, DataLoader(Indexed(10, 0), batch_size=5), "plain", levels=LEVELS)
+    assert "unavailable" not in out
+    assert out["spikes"].shape == (1, layers, 10) and out["steps"].shape == (1, 2, 10)
+    assert out["membrane"].shape == (1, 4, 10) and bool(torch.isfinite(out["membrane"]).all())
+    assert out["spikes"].sum() > 0
+
+
+def test_a_user_network_without_a_step_readout_says_so():
+    torch.manual_seed(0)
+    model = Classifier(kind="snn", T=2, net=user_spec("user_nets.MeanSNN", hidden=8))
+    out = query_signals(model, DataLoader(Indexed(10, 0), batch_size=5), "plain", levels=LEVELS)
+    assert set(out["unavailable"]) == {"steps"} and out["spikes"].shape == (1, 1, 10)
