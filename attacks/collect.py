@@ -19,11 +19,13 @@ on the device until the end: no host sync per batch.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import torch
 from torch import Tensor
 
+from .hooks import RECORDED, LevelRecorder, level_reasons, membrane_at, spikes_at
 from .queries import QueryStrategy, parse_query
 from .signals import _rescaled_logit, _true_class_probability
 
@@ -43,12 +45,14 @@ def _unpack(batch):
     return batch[0], batch[1], batch[2]
 
 
-def _run(model, loader, strategy, seed, device, progress, reduce: Callable[[Tensor, Tensor], tuple],
-         steps: bool = False):
-    """The batch loop: (per-batch results of ``reduce(logits [Q, B, C], y)``, indices, labels).
+def _run(model, loader, strategy, seed, device, progress, reduce: Callable[..., tuple],
+         steps: bool = False, recorder=None):
+    """The batch loop: (per-batch results of ``reduce(logits [Q, B, C], y, recorded)``, indices, labels).
 
     With ``steps`` the model is queried through ``model.forward_steps`` and ``reduce``
-    gets the readout at every time step, [Q, T, B, C]."""
+    gets the readout at every time step, [Q, T, B, C]. With a `recorder` (attacks/hooks.py,
+    already entered) `recorded` holds what its hooks saw in each query's forward (a list of Q
+    dicts), else None."""
     strategy: QueryStrategy = parse_query(strategy)
     device = torch.device(device) if device is not None else _device_of(model)
     T = getattr(model, "T", None)
@@ -74,7 +78,13 @@ def _run(model, loader, strategy, seed, device, progress, reduce: Callable[[Tens
                 x = x.to(device, non_blocking=True)
                 index = torch.as_tensor(index).to(device, non_blocking=True)
                 forward = model.forward_steps if steps else model
-                out = [forward(strategy.apply(x, index, q, seed, T)).float() for q in range(strategy.num_queries)]
+                out, recorded = [], [] if recorder is not None else None
+                for q in range(strategy.num_queries):
+                    if recorder is not None:
+                        recorder.start(x.shape[0])
+                    out.append(forward(strategy.apply(x, index, q, seed, T)).float())
+                    if recorder is not None:
+                        recorded.append(recorder.collect())
                 if steps and (out[0].ndim != 3 or out[0].shape[:2] != (T, x.shape[0])):
                     raise ValueError(f"forward_steps must return the readout [T, B, C] = [{T}, {x.shape[0]}, C], "
                                      f"got shape {tuple(out[0].shape)}")
@@ -82,7 +92,7 @@ def _run(model, loader, strategy, seed, device, progress, reduce: Callable[[Tens
                     raise ValueError(f"model must return logits [B, C] = [{x.shape[0]}, C], "
                                      f"got shape {tuple(out[0].shape)}")
                 y = torch.as_tensor(y).to(device, non_blocking=True).long()
-                parts.append(reduce(torch.stack(out), y))
+                parts.append(reduce(torch.stack(out), y, recorded))
                 indices.append(index.long())
                 labels.append(y)
     finally:
@@ -120,14 +130,15 @@ def query_logits(model, loader, strategy, *, seed: int = 0, num_samples: int | N
     index in 0..N-1 that never appears is an error.
     """
     parts, index, labels = _run(model, loader, strategy, seed, device, progress,
-                                lambda logits, y: (logits.float(),))
+                                lambda logits, y, recorded: (logits.float(),))
     rows, _ = _sample_order(index, num_samples, allow_missing=False)
     logits = torch.cat([p[0] for p in parts], dim=1)
     return logits[:, rows].cpu(), labels[rows].cpu()
 
 
 def query_signals(model, loader, strategy, *, seed: int = 0, num_samples: int | None = None, device=None,
-                  progress: bool = False, temperature: float = 1.0, allow_missing: bool = False) -> dict:
+                  progress: bool = False, temperature: float = 1.0, allow_missing: bool = False,
+                  levels=()) -> dict:
     """Per-query signals in sample-index order, reduced batch by batch.
 
     Returns ``probability`` [Q, N] (true-class probability, float64),
@@ -135,15 +146,77 @@ def query_signals(model, loader, strategy, *, seed: int = 0, num_samples: int | 
     label) and ``labels`` [N] (long), all on the CPU. With ``allow_missing``
     (one DDP rank sees only its shard) unseen samples hold NaN / False / -1 and
     a ``seen`` [N] bool mask is added, to merge after gathering the ranks.
+
+    ``levels`` (of attacks/hooks.py's RECORDED) adds, from the same forward pass, ``steps``
+    [Q, T, N] (the true-class rescaled logit of the readout at each step; the model is
+    queried through ``forward_steps`` and its logits are their mean, as its forward),
+    ``spikes`` [Q, L, N] and ``membrane`` [Q, 4, N] (float32, forward hooks on the neuron
+    modules). A level the model does not have is left out and ``unavailable`` = {level: why}
+    says why. No level asked: no hook is registered.
     """
     _check_temperature(temperature)
+    levels, unavailable = _levels(model, levels)
+    steps = "steps" in levels
 
-    def reduce(logits: Tensor, y: Tensor):  # logits [Q, B, C], y [B]
-        return _signals(logits, y, temperature)
+    def reduce(out: Tensor, y: Tensor, recorded):  # out [Q, B, C], or [Q, T, B, C] with steps
+        logits = torch.stack([s.mean(0) for s in out]) if steps else out  # as the model's forward
+        return _signals(logits, y, temperature) + _level_signals(levels, out, logits, y, recorded, None)
 
-    parts, index, labels = _run(model, loader, strategy, seed, device, progress, reduce)
+    with _recording(model, levels) as recorder:
+        parts, index, labels = _run(model, loader, strategy, seed, device, progress, reduce, steps=steps,
+                                    recorder=recorder)
     rows, seen = _sample_order(index, num_samples, allow_missing)
-    return _assemble(parts, rows, seen, labels, allow_missing)
+    return _finish(_assemble(parts, rows, seen, labels, allow_missing, (*BASE, *levels)), recorder, unavailable)
+
+
+BASE = ("probability", "rescaled_logit", "correct")
+
+
+def _levels(model, levels) -> tuple[tuple[str, ...], dict[str, str]]:
+    """(the levels to record, in RECORDED order; {asked level the model lacks: why})."""
+    asked = set(levels or ())
+    reasons = level_reasons(model, [lvl for lvl in RECORDED if lvl in asked])
+    unknown = asked - set(RECORDED)
+    if unknown:
+        raise ValueError(f"levels {sorted(unknown)} are not recorded; allowed: {', '.join(RECORDED)}")
+    return tuple(lvl for lvl, why in reasons.items() if why is None), {lvl: why for lvl, why in reasons.items() if why}
+
+
+def _recording(model, levels):
+    """The hooks' context: a LevelRecorder when `spikes` or `membrane` is asked, else nothing at all."""
+    return LevelRecorder(model, levels) if {"spikes", "membrane"} & set(levels) else contextlib.nullcontext()
+
+
+def _level_signals(levels, out: Tensor, logits: Tensor, y: Tensor, recorded, t: int | None) -> tuple:
+    """The recorded levels' per-batch signals over the first t steps (None: all), each [Q, ., B]
+    float32; a level the hooks could not record this batch is NaN (dropped by `_finish`)."""
+    res = []
+    Q, B = logits.shape[0], logits.shape[1]
+    for level in levels:
+        if level == "steps":  # out [Q, T, B, C]
+            res.append(_rescaled_logit(out[:, :t], y.expand(out[:, :t].shape[:-1])).float())
+        elif level == "spikes":
+            got = [r.get("spikes") for r in recorded]
+            res.append(torch.stack([spikes_at(g, t) for g in got]) if all(g is not None for g in got)
+                       else torch.full((Q, recorded[0]["layers"], B), float("nan"), device=logits.device))
+        elif level == "membrane":
+            got = [r.get("membrane") for r in recorded]
+            z_y = logits.gather(-1, y.expand(Q, B).unsqueeze(-1)).squeeze(-1)
+            res.append(torch.stack([membrane_at(g, z_y[q], t) for q, g in enumerate(got)])
+                       if all(g is not None for g in got) else torch.full((Q, 4, B), float("nan"), device=logits.device))
+    return tuple(res)
+
+
+def _finish(out: dict, recorder, unavailable: dict) -> dict:
+    """Drop the levels the hooks failed on (their reason into ``unavailable``); add ``unavailable``."""
+    failed = getattr(recorder, "failed", None)
+    if failed is not None:
+        for level in recorder.levels:
+            out.pop(level, None)
+            unavailable[level] = failed
+    if unavailable:
+        out["unavailable"] = dict(unavailable)
+    return out
 
 
 def _check_temperature(temperature) -> None:
@@ -157,14 +230,15 @@ def _signals(logits: Tensor, y: Tensor, temperature: float) -> tuple[Tensor, Ten
     return (_true_class_probability(logits, y, temperature), _rescaled_logit(logits, y), logits.argmax(-1) == y)
 
 
-def _assemble(parts: list[tuple], rows: Tensor, seen: Tensor, labels: Tensor, allow_missing: bool) -> dict:
-    """``query_signals``' dict from the per-batch (probability, rescaled logit, correct) tuples."""
+def _assemble(parts: list[tuple], rows: Tensor, seen: Tensor, labels: Tensor, allow_missing: bool,
+              keys=BASE) -> dict:
+    """``query_signals``' dict from the per-batch tuples of `keys`' tensors, each [..., B]."""
     out = {}
-    for i, key in enumerate(("probability", "rescaled_logit", "correct")):
-        vals = torch.cat([p[i] for p in parts], dim=1)
-        full = torch.full((vals.shape[0], seen.numel()), float("nan") if vals.is_floating_point() else False,
+    for i, key in enumerate(keys):
+        vals = torch.cat([p[i] for p in parts], dim=-1)
+        full = torch.full((*vals.shape[:-1], seen.numel()), float("nan") if vals.is_floating_point() else False,
                           dtype=vals.dtype, device=vals.device)
-        full[:, seen] = vals[:, rows]
+        full[..., seen] = vals[..., rows]
         out[key] = full.cpu()
     out["labels"] = torch.full((seen.numel(),), -1, dtype=torch.long, device=labels.device)
     out["labels"][seen] = labels[rows]
@@ -187,7 +261,7 @@ def check_latencies(latencies) -> list[int]:
 
 def query_signals_by_latency(model, loader, strategy, latencies, *, seed: int = 0, num_samples: int | None = None,
                              device=None, progress: bool = False, allow_missing: bool = False,
-                             temperature: float = 1.0) -> dict[int, dict]:
+                             temperature: float = 1.0, levels=()) -> dict[int, dict]:
     """``query_signals`` of an SNN's readout averaged over its first t steps, for every t in
     ``latencies``, from ONE pass over the loader: {t: the dict ``query_signals`` returns}.
 
@@ -204,7 +278,8 @@ def query_signals_by_latency(model, loader, strategy, latencies, *, seed: int = 
     prefix of a T-step run's; then this is the T-step run read out early, not a t-step run.
     Requires ``model.forward_steps`` and an int ``model.T`` (an SNN), and no
     ``model.step_readout`` set to False (a network that returns [B, C] only); ValueError
-    otherwise.
+    otherwise. ``levels`` as in ``query_signals``, each over the first t steps (the hooks
+    keep every step: spikes and membrane statistics of a t-step prefix come from the pass).
     """
     _check_temperature(temperature)
     latencies = check_latencies(latencies)
@@ -216,15 +291,24 @@ def query_signals_by_latency(model, loader, strategy, latencies, *, seed: int = 
         raise ValueError(f"query_signals_by_latency needs a readout per time step; {type(model).__name__} says it has "
                          "none (step_readout=False: its network returns logits [B, C] only)")
 
-    def reduce(steps: Tensor, y: Tensor):  # steps [Q, T, B, C], y [B]
-        # Per query, the same op as the model's forward (steps.mean(0)), so that t = T is bit-identical.
-        return tuple(_signals(torch.stack([s[:t].mean(0) for s in steps]), y, temperature) for t in latencies)
+    levels, unavailable = _levels(model, levels)
+
+    def reduce(steps: Tensor, y: Tensor, recorded):  # steps [Q, T, B, C], y [B]
+        out = []
+        for t in latencies:
+            # Per query, the same op as the model's forward (steps.mean(0)), so that t = T is bit-identical.
+            logits = torch.stack([s[:t].mean(0) for s in steps])
+            out.append(_signals(logits, y, temperature) + _level_signals(levels, steps, logits, y, recorded, t))
+        return tuple(out)
 
     trained_T = model.T
     model.T = max(latencies)
     try:
-        parts, index, labels = _run(model, loader, strategy, seed, device, progress, reduce, steps=True)
+        with _recording(model, levels) as recorder:
+            parts, index, labels = _run(model, loader, strategy, seed, device, progress, reduce, steps=True,
+                                        recorder=recorder)
     finally:
         model.T = trained_T
     rows, seen = _sample_order(index, num_samples, allow_missing)
-    return {t: _assemble([p[i] for p in parts], rows, seen, labels, allow_missing) for i, t in enumerate(latencies)}
+    return {t: _finish(_assemble([p[i] for p in parts], rows, seen, labels, allow_missing, (*BASE, *levels)),
+                       recorder, dict(unavailable)) for i, t in enumerate(latencies)}

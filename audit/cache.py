@@ -16,6 +16,16 @@ N = 60,000 and Q = 30, so a K = 64 study holds about 0.6 GB of attack inputs.
 
 A direct-encoded SNN's missing entries for several latencies are filled from one run
 at T = max(missing latencies), each under its own key.
+
+The SNN-native levels (attacks/hooks.py: steps, spikes, membrane) an audit asks for get an
+entry each beside the latency's, under the same key plus the level:
+
+    model_<k>/signals/<strategy>__T<t>__seed<s>__<level>.pt / .json
+
+holding "<split>/<level>" of both splits, or, for a level the model does not have (an ANN's
+steps), no tensors and the reason in the JSON's `unavailable`. A latency whose entry or any
+asked level's entry is missing is computed in one pass, everything asked at once, and all
+its entries are written from that pass.
 """
 
 from __future__ import annotations
@@ -52,18 +62,31 @@ def entry_key(checkpoint_sha: str | None, datamodule, strategy, T: int | None, s
             "population_size": int(len(datamodule.population_indices))}
 
 
-def write_entry(paths: tuple, key: dict, tensors: dict) -> None:
+def level_paths(paths: tuple, level: str) -> tuple:
+    """A level's entry paths beside a latency's entry `paths`."""
+    return tuple(p.with_name(f"{p.stem}__{level}{p.suffix}") for p in paths)
+
+
+def write_entry(paths: tuple, key: dict, tensors: dict, levels=()) -> None:
+    """The latency's entry and one per level of `levels` (its tensors, or its reason)."""
+    for level in levels:
+        why = (tensors.get("unavailable") or {}).get(level)
+        _write(level_paths(paths, level), {**key, "level": level, **({"unavailable": why} if why else {})},
+               {} if why else stored(tensors, level))
+    _write(paths, key, stored(tensors))
+
+
+def _write(paths: tuple, key: dict, tensors: dict) -> None:
     data_path, meta_path = paths
-    tensors = stored(tensors)
     atomic_write(data_path, lambda p: torch.save(tensors, p))
     write_json(meta_path, {**key, "tensors_sha256": tensors_sha256(tensors)})  # last: marks a complete entry
 
 
 def store_signals(run_dir, index: int, datamodule, strategy, T: int | None, seed: int, tensors: dict,
-                  precision: str | None) -> None:
+                  precision: str | None, levels=()) -> None:
     """Put signals computed elsewhere (the training callback's last audit of its target, on the
     whole audit set) into model `index`'s cache, keyed by its checkpoint as it is now and the
-    trainer's `precision` (what its done.json will record)."""
+    trainer's `precision` (what its done.json will record); with the entries of `levels`."""
     strategy = parse_query(strategy)
     ckpt = checkpoint_path(run_dir, index)
     if not ckpt.is_file():
@@ -71,12 +94,12 @@ def store_signals(run_dir, index: int, datamodule, strategy, T: int | None, seed
     directory = signals_dir(run_dir, index)
     name = cache_key(strategy, T, seed)
     write_entry((directory / f"{name}.pt", directory / f"{name}.json"),
-                entry_key(file_sha256(ckpt), datamodule, strategy, T, seed, index, precision), tensors)
+                entry_key(file_sha256(ckpt), datamodule, strategy, T, seed, index, precision), tensors, levels)
 
 
 def cached_signals(run_dir, index: int, datamodule, strategy, *, seed: int = 0, T: int | None = None,
                    device=None, progress: bool = False, stats: dict | None = None,
-                   ranks: Ranks | None = None) -> dict[str, torch.Tensor] | None:
+                   ranks: Ranks | None = None, levels=()) -> dict[str, torch.Tensor] | None:
     """Signals of the finished model `index` for `strategy` at latency T (None: as
     trained), from the cache when it is valid, else computed and cached.
 
@@ -84,13 +107,13 @@ def cached_signals(run_dir, index: int, datamodule, strategy, *, seed: int = 0, 
     it; on a miss every rank queries its shard and rank 0 writes the entry, once and
     atomically. Rank 0 gets the signals, the other ranks None."""
     out = cached_signals_by_latency(run_dir, index, datamodule, strategy, [T], seed=seed, device=device,
-                                    progress=progress, stats=stats, ranks=ranks)
+                                    progress=progress, stats=stats, ranks=ranks, levels=levels)
     return None if out is None else out[T]
 
 
 def cached_signals_by_latency(run_dir, index: int, datamodule, strategy, latencies=(None,), *,
                               seed: int = 0, device=None, progress: bool = False, stats: dict | None = None,
-                              ranks: Ranks | None = None) -> dict[int | None, dict[str, torch.Tensor]] | None:
+                              ranks: Ranks | None = None, levels=()) -> dict[int | None, dict[str, torch.Tensor]] | None:
     """`cached_signals` at several latencies: {latency: signals} for each of `latencies`
     (None: as trained; an ANN has no latency and gets its one entry under every key).
 
@@ -100,7 +123,11 @@ def cached_signals_by_latency(run_dir, index: int, datamodule, strategy, latenci
     Poisson-encoded SNN, or a single missing entry, runs once per latency. Under DDP every
     rank must call it with the same arguments: rank 0 checks and reads the caches, every
     rank queries its shard of what is missing, rank 0 merges and writes. Rank 0 gets the
-    signals, the other ranks None. `stats` counts one hit or miss per (model, latency) entry."""
+    signals, the other ranks None. `stats` counts one hit or miss per (model, latency) entry.
+
+    `levels` (attacks/hooks.py's RECORDED) adds each level's tensors ("<split>/<level>"), or its
+    reason in "unavailable", from its own entry; a latency counts as a hit only when its entry
+    and every asked level's entry are valid."""
     ranks = ranks or Ranks()
     ckpt = checkpoint_path(run_dir, index)
     fingerprint = datamodule.plan.fingerprint
@@ -143,6 +170,15 @@ def cached_signals_by_latency(run_dir, index: int, datamodule, strategy, latenci
             if key != meta:
                 continue  # another checkpoint, plan, strategy or seed: recomputed and replaced
             found[T] = _valid_entry(data_path, recorded, strategy.num_queries, meta)
+            for level in levels if found[T] is not None else []:
+                part = _level_entry(level_paths(paths[T], level), strategy.num_queries, {**meta, "level": level})
+                if part is None:
+                    found[T] = None
+                    break
+                why = part.pop("unavailable", {})
+                found[T].update(part)
+                if why:
+                    found[T].setdefault("unavailable", {}).update(why)
             if found[T] is None:
                 del found[T]
     # Rank 0's decision holds for every rank (a rank must not query alone, nor skip a query).
@@ -157,13 +193,13 @@ def cached_signals_by_latency(run_dir, index: int, datamodule, strategy, latenci
         model, _ = Classifier.from_checkpoint(ckpt, fingerprint, index)
         if len(missing) > 1 and one_pass_latencies(model):
             computed = compute_signals_by_latency(model, datamodule, strategy, missing, seed=seed, device=device,
-                                                  progress=progress, ranks=ranks)
+                                                  progress=progress, ranks=ranks, levels=levels)
         else:
             computed = {T: compute_signals(model, datamodule, strategy, seed=seed, T=T, device=device,
-                                           progress=progress, ranks=ranks) for T in missing}
+                                           progress=progress, ranks=ranks, levels=levels) for T in missing}
         if ranks.is_zero:
             for T in missing:
-                write_entry(paths[T], metas[T], computed[T])
+                write_entry(paths[T], metas[T], computed[T], levels)
             found.update(computed)
         if stats is not None:
             stats["misses"] = stats.get("misses", 0) + len(missing)
@@ -188,5 +224,45 @@ def _valid_entry(path, recorded_sha: str | None, num_queries: int, meta: dict) -
                 raise ValueError(f"{split} signals are not finite float32 / bool")
     except Exception as err:
         warnings.warn(f"signal cache {path} is damaged ({first_line(err)}); recomputing it", stacklevel=3)
+        return None
+    return tensors
+
+
+def _level_entry(paths: tuple, num_queries: int, meta: dict) -> dict | None:
+    """A level's cached part of the signals ({"<split>/<level>": tensor} or {"unavailable":
+    {level: why}}), or None when missing, for another key, or damaged (with a warning)."""
+    data_path, meta_path = paths
+    if not (meta_path.is_file() and data_path.is_file()):
+        return None
+    try:
+        key = json.loads(meta_path.read_text())
+        recorded = key.pop("tensors_sha256")
+        why = key.pop("unavailable", None)
+    except Exception:
+        return None
+    if key != meta:
+        return None
+    level = meta["level"]
+    try:
+        tensors = torch.load(data_path, map_location="cpu", weights_only=True)
+        if not isinstance(tensors, dict) or tensors_sha256(tensors) != recorded:
+            raise ValueError("its contents do not match the hash recorded when it was written")
+        if why is not None:
+            if tensors or not isinstance(why, str):
+                raise ValueError("an unavailable level's entry holds tensors or no reason")
+            return {"unavailable": {level: why}}
+        widths = set()
+        for split, n in (("audit", meta["audit_size"]), ("population", meta["population_size"])):
+            x = tensors[f"{split}/{level}"]
+            if x.dim() != 3 or x.shape[0] != num_queries or x.shape[2] != n or x.dtype != torch.float32 \
+                    or not bool(torch.isfinite(x).all()):
+                raise ValueError(f"{split}/{level} has shape {tuple(x.shape)} {x.dtype}, expected finite float32 "
+                                 f"[{num_queries}, ., {n}]")
+            widths.add(x.shape[1])
+        expected = {"steps": meta["T"], "membrane": 4}.get(level)
+        if len(widths) != 1 or (expected is not None and widths != {expected}) or widths == {0}:
+            raise ValueError(f"{level} widths {sorted(widths)} differ between the splits or from {expected}")
+    except Exception as err:
+        warnings.warn(f"signal cache {data_path} is damaged ({first_line(err)}); recomputing it", stacklevel=3)
         return None
     return tensors

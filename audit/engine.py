@@ -18,7 +18,7 @@ from pathlib import Path
 from datamodules.plan import complement
 from lightning_modules import net_name
 
-from .attacks import AttackContext
+from .attacks import AttackContext, recorded_levels
 from .cache import cached_signals_by_latency
 from .distributed import Ranks
 from .report import write_report
@@ -63,6 +63,9 @@ class Audit:
         self.runnable, self.skipped = runnable(self.attacks, self.ref_in, self.refs)
         # Only what the selected attacks need is computed: no reference signals when none reads them.
         self.needs_references = any(a.references != "none" for a in self.runnable)
+        # The SNN-native levels the selected attacks read, recorded in the signal pass by hooks
+        # (attacks/hooks.py) and cached per level; () for the default selection: no hooks.
+        self.levels = recorded_levels(self.runnable)
         self.late_skipped: dict[str, str] = {}  # attacks that could not score the latest signals, and why
         self.extra: dict = {}  # what the attacks' `prepare` added (AttackData.extra)
         self.num_nonmembers = int((~self.is_member).sum())
@@ -91,7 +94,7 @@ class Audit:
         signal cache; collective under DDP as reference_signals."""
         per_ref = [cached_signals_by_latency(self.dm.run_dir, k, self.dm, strategy, latencies,
                                              seed=self.settings.query_seed, device=device, progress=progress,
-                                             stats=stats, ranks=ranks) for k in models]
+                                             stats=stats, ranks=ranks, levels=self.levels) for k in models]
         if ranks is not None and not ranks.is_zero:
             return None
         return {lat: [subset(r[lat], self.positions) for r in per_ref] for lat in latencies}
@@ -190,7 +193,7 @@ def target_signals_cached(audit: Audit, strategy, latencies, *, device=None, pro
     """The finished target's signals {latency: signals} on the audited samples, from the cache."""
     sig = cached_signals_by_latency(audit.dm.run_dir, audit.target, audit.dm, strategy, latencies,
                                     seed=audit.settings.query_seed, device=device, progress=progress, stats=stats,
-                                    ranks=ranks)
+                                    ranks=ranks, levels=audit.levels)
     if sig is None:
         return None
     return {lat: subset(s, audit.positions) for lat, s in sig.items()}

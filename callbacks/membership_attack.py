@@ -205,7 +205,8 @@ class MembershipAttack(L.Callback):
                 target = cached[s.name]
             else:
                 target = compute_signals(model, dm, s, seed=self.settings.query_seed, device=model.device,
-                                         progress=self._bars, audit_positions=self.audit.positions, ranks=ranks)
+                                         progress=self._bars, audit_positions=self.audit.positions, ranks=ranks,
+                                         levels=self.audit.levels)
             if target is None:  # a rank other than 0: its shard is gathered on rank 0
                 continue
             kill_point(f"audit:model_{dm.index}:epoch_{model.current_epoch}")  # kill tests only
@@ -283,7 +284,8 @@ class MembershipAttack(L.Callback):
         if self.audit.positions is not None or ranks.sharded or not done_path(dm.run_dir, 0).is_file():
             return None
         return {s.name: cached_signals(dm.run_dir, 0, dm, s, seed=self.settings.query_seed,
-                                       T=getattr(pl_module, "T", None), device=pl_module.device)
+                                       T=getattr(pl_module, "T", None), device=pl_module.device,
+                                       levels=self.audit.levels)
                 for s in self.settings.strategies}
 
     def _cache_target_signals(self, dm, pl_module) -> None:
@@ -294,7 +296,7 @@ class MembershipAttack(L.Callback):
             return
         for s in self.settings.strategies:
             store_signals(dm.run_dir, 0, dm, s, getattr(pl_module, "T", None), self.settings.query_seed,
-                          self.last_target_signals[s.name], str(pl_module.trainer.precision))
+                          self.last_target_signals[s.name], str(pl_module.trainer.precision), self.audit.levels)
 
     # -- resume ---------------------------------------------------------------------------
     def state_dict(self) -> dict:

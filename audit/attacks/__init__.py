@@ -31,9 +31,14 @@ ACCESS_LEVELS = ("label", "confidence", "steps", "spikes", "membrane")
 # for every audit sample; an IN and an OUT reference for every audit sample.
 REFERENCES = ("none", "any", "out", "in_out")
 # The per-model signals the engine can provide (audit/signals.py): the true-class
-# probability and the rescaled logit per query and sample; the population's; and a model's
-# rescaled logits at each audited epoch (its trajectory, audit/trajectory.py).
-SIGNALS = ("probability", "rescaled_logit", "population", "trajectory")
+# probability and the rescaled logit per query and sample; the population's; a model's
+# rescaled logits at each audited epoch (its trajectory, audit/trajectory.py); whether its
+# prediction is right (`correct`, what the label level sees); and the SNN-native levels,
+# recorded in the same pass by hooks (attacks/hooks.py) only when an attack reads them:
+# the readout per time step (`steps`), spikes per spiking layer (`spikes`) and the last
+# spiking layer's membrane summary (`membrane`).
+SIGNALS = ("probability", "rescaled_logit", "population", "trajectory", "correct", "steps", "spikes", "membrane")
+RECORDED = ("steps", "spikes", "membrane")  # the signals recorded by hooks, each its own access level
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,9 @@ class AttackData:
     """What an attack scores from, for one target and one query setting.
 
     target: the target's signals {"audit/probability": [Q, N], "audit/rescaled_logit": [Q, N],
-    "population/probability": [Q, Z], ...}; references: the same per reference; ref_in: bool
+    "population/probability": [Q, Z], ..., and the recorded levels an attack asked for:
+    "audit/steps" [Q, T, N], "audit/spikes" [Q, L, N], "audit/membrane" [Q, 4, N], or their
+    reasons in "unavailable" ({level: why})}; references: the same per reference; ref_in: bool
     [K, N] (None without references); extra: what an attack's `prepare` added (an auxiliary
     model's predictions, trajectories, "positions": the audited subset of the audit set or
     None); strategy: the query strategy's name ("plain", ...)."""
@@ -98,6 +105,65 @@ class AttackData:
     @cached_property
     def phi_references(self) -> torch.Tensor:    # [K, N]
         return _stack_query_means(self.references, "audit/rescaled_logit")
+
+    # The label level: whether each query's prediction is right (bool, every query).
+    @property
+    def correct_target(self) -> torch.Tensor:    # [Q, N] bool
+        return self.target["audit/correct"]
+
+    @cached_property
+    def correct_references(self) -> torch.Tensor:  # [K, Q, N] bool
+        return torch.stack([r["audit/correct"] for r in self.references])
+
+    # The recorded levels, averaged over the Q queries, float64: steps [T, N] (the true-class
+    # rescaled logit at each step), spikes [L, N] (spikes per spiking layer), membrane [4, N]
+    # (attacks/hooks.py); the references' stacked [K, ., N]; the population's `*_z` [., Z].
+    def level(self, name: str, split: str = "audit") -> torch.Tensor:
+        return self.target[f"{split}/{name}"].double().mean(0)
+
+    def level_references(self, name: str, split: str = "audit") -> torch.Tensor:
+        return torch.stack([r[f"{split}/{name}"].double().mean(0) for r in self.references])
+
+    @property
+    def steps_target(self) -> torch.Tensor:      # [T, N]
+        return self.level("steps")
+
+    @cached_property
+    def steps_references(self) -> torch.Tensor:  # [K, T, N]
+        return self.level_references("steps")
+
+    @property
+    def steps_target_z(self) -> torch.Tensor:    # [T, Z]
+        return self.level("steps", "population")
+
+    @cached_property
+    def steps_references_z(self) -> torch.Tensor:  # [K, T, Z]
+        return self.level_references("steps", "population")
+
+    @property
+    def spikes_target(self) -> torch.Tensor:     # [L, N]
+        return self.level("spikes")
+
+    @cached_property
+    def spikes_references(self) -> torch.Tensor:  # [K, L, N]
+        return self.level_references("spikes")
+
+    @property
+    def membrane_target(self) -> torch.Tensor:   # [4, N]
+        return self.level("membrane")
+
+    @cached_property
+    def membrane_references(self) -> torch.Tensor:  # [K, 4, N]
+        return self.level_references("membrane")
+
+    def missing_level(self, name: str) -> str | None:
+        """Why the target or a reference lacks the recorded level `name` (None: all have it)."""
+        for who, signals in (("the target", self.target), *((f"reference {i + 1} of {len(self.references)}", r)
+                                                             for i, r in enumerate(self.references))):
+            if f"audit/{name}" not in signals:
+                why = (signals.get("unavailable") or {}).get(name, "it was not recorded")
+                return f"{who} has no {name} level: {why}" if who != "the target" else f"no {name} level: {why}"
+        return None
 
 
 def _stack_query_means(references: list[dict], key: str) -> torch.Tensor:
@@ -169,7 +235,13 @@ class Attack:
 
     def unavailable(self, data: AttackData) -> str | None:
         """Why this attack cannot score `data` (None: it can). References are checked by the
-        engine from `references`; an attack adds its own conditions here."""
+        engine from `references`; the recorded levels among `signals` (the model may lack
+        them: an ANN has no steps) here; an attack adds its own conditions by overriding it."""
+        for name in self.signals:
+            if name in RECORDED:
+                why = data.missing_level(name)
+                if why:
+                    return why
         return None
 
     def prepare(self, context: "AttackContext") -> dict:
@@ -237,6 +309,13 @@ def _load_modules() -> None:
 
 
 _load_modules()
+
+
+def recorded_levels(attacks) -> tuple[str, ...]:
+    """The recorded levels (hooks, per-step readout) that `attacks` read, in RECORDED order:
+    what the signal pass must record; () when none, and then no hook is registered."""
+    wanted = {s for a in attacks for s in a.signals}
+    return tuple(lvl for lvl in RECORDED if lvl in wanted)
 
 
 def default_names() -> list[str]:
