@@ -132,9 +132,14 @@ class LevelRecorder:
             steps = spikes.detach().reshape(*spikes.shape[: bdim + 1], -1)  # [S, B, n] or [B, n]
             if bdim == 0:
                 steps = steps.unsqueeze(0)
-            active = steps > 0 if not self.snn else steps != 0  # an ANN's active units; a spike (any amplitude)
-            if "spikes" in self.levels:
-                self.counts[i].append(active.sum(-1))  # [S, B] int64
+            if "spikes" in self.levels and self.snn:
+                # Spikes are 0 or the spike amplitude: their sum over the neurons, in units of the
+                # amplitude, is the count (one reduction, no comparison pass over the layer).
+                self.counts[i].append(torch.round(steps.sum(-1).double() / _amplitude(module)))
+            elif "spikes" in self.levels:  # an ANN's active (> 0) units
+                if not isinstance(module, (nn.ReLU, nn.ReLU6)):
+                    steps = steps.clamp_min(0)  # ReLU and ReLU6 outputs are never negative
+                self.counts[i].append(torch.count_nonzero(steps, -1))  # [S, B] int64
             if is_last:
                 self._membrane(module, output, bdim)
         return hook
@@ -149,15 +154,15 @@ class LevelRecorder:
         if not isinstance(v, Tensor) or v.dim() <= bdim or v.shape[bdim] != self.batch:
             self.failed = f"the membrane potential of {type(module).__name__} could not be read per sample"
             return
-        v = v.detach().double().reshape(*v.shape[: bdim + 1], -1)
+        v = v.detach().float().reshape(*v.shape[: bdim + 1], -1)
         if bdim == 0:
             v = v.unsqueeze(0)  # [S, B, n]
-        run = torch.cummax(v, 0).values
-        if self.v_max is not None:
-            run = torch.maximum(run, self.v_max)
-        self.v_max = run[-1]
+        peaks = []  # the mean over neurons of each one's max so far (a loop: T is small, cummax is slow)
+        for step in v:
+            self.v_max = step if self.v_max is None else torch.maximum(self.v_max, step)
+            peaks.append(self.v_max.mean(-1))
         self.neurons = v.shape[-1]
-        self.v_stats.append(torch.stack([v.sum(-1), v.square().sum(-1), run.mean(-1)], 1))  # [S, 3, B]
+        self.v_stats.append(torch.stack([v.sum(-1), v.square().sum(-1), torch.stack(peaks)], 1).double())  # [S, 3, B]
 
     # -- per forward ---------------------------------------------------------------------
     def start(self, batch_size: int) -> None:
@@ -182,6 +187,16 @@ class LevelRecorder:
                 return {"layers": len(self.layers)}
             out["membrane"] = (torch.cat(self.v_stats), self.neurons)
         return out
+
+
+def _amplitude(module) -> float | Tensor:
+    """The size of one spike of a neuron module: 1, a scaled IF node's `threshold` (the built-in
+    converted SNNs), snnTorch's `graded_spikes_factor`."""
+    for name in ("graded_spikes_factor", "threshold"):
+        value = getattr(module, name, None)
+        if isinstance(value, (int, float, Tensor)) and not isinstance(value, bool):
+            return value.detach().double() if isinstance(value, Tensor) else float(value)
+    return 1.0
 
 
 def spikes_at(counts: list[Tensor], t: int | None) -> Tensor:

@@ -10,6 +10,13 @@ against it side by side, in interleaved rounds, medians reported. Goal: callback
 floor <= 1.15 for plain queries and <= 1.15 x n for input dropout with n masks.
 Also printed: the audit's share of an epoch's wall time (one training epoch of the
 target on its members + one validation pass + the audit).
+
+    python benchmarks/callback_overhead.py --settings digits --hooks
+
+adds the cost of recording the SNN-native levels (steps, spikes, membrane: forward hooks and
+the per-step readout, attacks/hooks.py) in the plain signal pass: the signal pass with every
+level against the same pass without, interleaved rounds, medians; the extra time as a share
+of the plain audit's time. Goal: <= 10%. A run that asks for no level registers no hook.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the packages liv
 import lightning as L
 import torch
 
+from audit.signals import compute_signals
 from callbacks import MembershipAttack
 from datamodules import MembershipDataModule
 from lightning_modules import Classifier
@@ -75,6 +83,7 @@ def main(argv=None) -> None:
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--n", type=int, default=10, help="input-dropout masks")
+    ap.add_argument("--hooks", action="store_true", help="also time recording the SNN-native levels")
     args = ap.parse_args(argv)
     keep_large_tensors_in_heap()  # as run.py does
     dropout = f"dropout:p=0.01,n={args.n}"
@@ -111,6 +120,24 @@ def main(argv=None) -> None:
                 print(f"{name:<14} {cb.settings.strategies[0].name:<22} {dm.membership.shape[1]:>6} "
                       f"{len(dm.population_indices):>5} {f:8.2f} {c:8.2f} {ratio:6.2f} {goal:6.2f} "
                       f"{'yes' if ratio <= goal else 'NO ':<3} {t_epoch:8.2f} {share:6.1%}")
+                if args.hooks and passes == 1:
+                    hooks(model, dm, c, args.rounds)
+
+
+def hooks(model, dm, audit_s: float, rounds: int) -> None:
+    """The plain signal pass with and without every recorded level; the difference against the audit."""
+    levels = ("steps", "spikes", "membrane")
+    bare, full = [], []
+    for _ in range(rounds):
+        for times, lv in ((bare, ()), (full, levels)):
+            start = time.perf_counter()
+            compute_signals(model, dm, "plain", device=model.device, levels=lv)
+            times.append(time.perf_counter() - start)
+    b, f = statistics.median(bare), statistics.median(full)
+    extra = (f - b) / audit_s
+    print(f"  hooks: signal pass {b:.2f} s without levels, {f:.2f} s with steps+spikes+membrane: "
+          f"+{f - b:.2f} s = {extra:+.1%} of the plain audit ({audit_s:.2f} s); goal <= 10%: "
+          f"{'yes' if extra <= 0.10 else 'NO'}")
 
 
 if __name__ == "__main__":

@@ -97,8 +97,9 @@ class _MultiStepLIF(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x_seq, v, tau, v_threshold, v_reset, surrogate_id, alpha):
-        # v is None at rest (v_reset everywhere, as after functional.reset_net).
+    def forward(ctx, x_seq, v, tau, v_threshold, v_reset, surrogate_id, alpha, v_seq=None):
+        # v is None at rest (v_reset everywhere, as after functional.reset_net). `v_seq`, when
+        # given ([T, ...]), receives v after every step (store_v_seq: what spikingjelly's v_seq holds).
         spikes = torch.empty(x_seq.shape, dtype=x_seq.dtype, device=x_seq.device)
         h_seq = torch.empty_like(spikes)
         # For tau a power of two (the default 2), y * (1/tau) is y / tau bit for bit, and
@@ -123,6 +124,8 @@ class _MultiStepLIF(torch.autograd.Function):
             v = torch.addcmul(h, h, s, value=-1)  # h - h*s: h, or exactly 0 where it spiked
             if v_reset != 0:
                 v.add_(s, alpha=v_reset)
+            if v_seq is not None:
+                v_seq[t] = v
         ctx.save_for_backward(h_seq, spikes)
         ctx.constants = (tau, v_threshold, surrogate_id, alpha)
         ctx.set_materialize_grads(False)
@@ -156,7 +159,7 @@ class _MultiStepLIF(torch.autograd.Function):
             torch.addcmul(g[t + 1], g[t + 1], spikes[t], value=-1, out=carry)
             g[t].add_(carry, alpha=decay)
         grad_v0 = g[0] * (tau - 1) if ctx.needs_input_grad[1] else None  # dh[0]/dv0 = 1 - 1/tau
-        return g, grad_v0, None, None, None, None, None
+        return g, grad_v0, None, None, None, None, None, None
 
 
 class LeanLIFNode(neuron.LIFNode):
@@ -167,7 +170,8 @@ class LeanLIFNode(neuron.LIFNode):
     Forward + backward on [T, 128, 32, 32, 32], idle 2-core CPU: T=1 23.7 -> 7.5 ms,
     T=4 103 -> 37 ms (a ReLU on the same tensor: 3.6 and 14.6 ms). Whatever the fast
     path does not cover goes to spikingjelly: CUDA (where it has fused kernels), soft
-    reset, decay_input=False, reset not detached, other surrogates, store_v_seq, non-fp32.
+    reset, decay_input=False, reset not detached, other surrogates, non-fp32. With store_v_seq
+    the fast path fills `v_seq` ([T, ...], v after each step's reset) as spikingjelly does.
     """
 
     def _fast_path(self, x_seq: torch.Tensor):
@@ -175,7 +179,7 @@ class LeanLIFNode(neuron.LIFNode):
         kind = {surrogate.ATan: "atan", surrogate.Sigmoid: "sigmoid"}.get(type(sg))
         if (kind is None or not sg.spiking or not isinstance(sg.alpha, (int, float)) or x_seq.device.type != "cpu"
                 or x_seq.dtype != torch.float32 or self.v_reset is None or not self.decay_input
-                or not self.detach_reset or self.store_v_seq or self._neuron_precision is not None):
+                or not self.detach_reset or self._neuron_precision is not None):
             return None
         return kind
 
@@ -191,10 +195,11 @@ class LeanLIFNode(neuron.LIFNode):
             v = torch.full_like(x_seq[0], v)
         else:
             v = None
+        v_seq = torch.empty_like(x_seq) if self.store_v_seq else None
         spikes, v = _MultiStepLIF.apply(x_seq, v, float(self.tau), float(self.v_threshold), float(self.v_reset),
-                                        surrogate_id, float(self.surrogate_function.alpha))
+                                        surrogate_id, float(self.surrogate_function.alpha), v_seq)
         self._memories["v"] = v
-        self.v_seq = None
+        self.v_seq = v_seq
         return spikes
 
 

@@ -352,3 +352,22 @@ def test_a_user_network_without_a_step_readout_says_so():
     model = Classifier(kind="snn", T=2, net=user_spec("user_nets.MeanSNN", hidden=8))
     out = query_signals(model, DataLoader(Indexed(10, 0), batch_size=5), "plain", levels=LEVELS)
     assert set(out["unavailable"]) == {"steps"} and out["spikes"].shape == (1, 1, 10)
+
+
+def test_lean_lif_records_the_same_v_seq_as_spikingjelly():
+    torch.manual_seed(0)
+    x = 2 * torch.rand(5, 3, 7)
+    lean = LeanLIFNode(tau=2.0, surrogate_function=surrogate.ATan(), detach_reset=True, step_mode="m")
+    ref = neuron.LIFNode(tau=2.0, surrogate_function=surrogate.ATan(), detach_reset=True, step_mode="m")
+    for node in (lean, ref):
+        node.store_v_seq = True
+    assert lean._fast_path(x) == "atan"  # recorded on its own fast path, not spikingjelly's slow one
+    assert torch.equal(lean(x), ref(x)) and lean(x).sum() > 0
+    functional.reset_net(lean)
+    functional.reset_net(ref)
+    lean(x), ref(x)
+    assert torch.equal(lean.v_seq, ref.v_seq)
+    lean.store_v_seq = False
+    functional.reset_net(lean)
+    lean(x)
+    assert lean.v_seq is None
