@@ -22,14 +22,15 @@ The audit itself is audit.Audit; the settings are audit.AuditSettings.
 
 from __future__ import annotations
 
+import sys
+
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_warn
 
 from attacks import eps_lower_bound
 from audit import LOGGED, Audit, AuditSettings, model_facts
 from audit.attacks import AttackContext
 from audit.cache import cached_signals, store_signals
-from audit.engine import rotate
+from audit.engine import TRAIN_REFERENCES, rotate
 from audit.distributed import Ranks
 from audit.scoring import setting_name
 from audit.signals import compute_signals
@@ -133,8 +134,9 @@ class MembershipAttack(L.Callback):
 
     def _prepare(self, dm, pl_module, ranks: Ranks | None = None) -> None:
         self.audit = Audit(dm, 0, self.settings, ranks)
-        if self.audit.skipped:
-            rank_zero_warn(f"MembershipAttack skips {self.audit.skip_message()}")
+        if self.audit.skipped and (ranks or Ranks()).is_zero:  # one line per fit, not a warning per attack
+            train = TRAIN_REFERENCES["fit"].format(run_dir=dm.run_dir)
+            print(f"MembershipAttack: {self.audit.skip_message(train_them=train)}", file=sys.stderr, flush=True)
         self.ref_signals = {}
         for s in self.settings.strategies:
             signals = self.audit.reference_signals(s, device=pl_module.device, progress=self._bars,
