@@ -94,11 +94,11 @@ class MembershipAttack(L.Callback):
         if positions is None:
             return
         members = int(plan.membership[0][positions].sum())
-        if members == 0 or members == positions.numel():
-            raise ConfigError(f"MembershipAttack audit_subset={self.settings.audit_subset!r} draws "
-                              f"{'no members' if members == 0 else 'only members'} of the target (subset_seed="
-                              f"{self.settings.subset_seed}); expected a subset with members and non-members: "
-                              "a larger audit_subset (hundreds), or null for all")
+        if min(members, positions.numel() - members) < 2:
+            raise ConfigError(f"MembershipAttack audit_subset={self.settings.audit_subset!r} draws {members} "
+                              f"member(s) and {positions.numel() - members} non-member(s) of the target (subset_seed="
+                              f"{self.settings.subset_seed}); expected two of each at least (for the AUC's "
+                              "interval): a larger audit_subset (hundreds), or null for all")
 
     def owed_files(self, trainer) -> list:
         """What the target owes before it counts as finished: the report and its plot."""
