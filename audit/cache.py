@@ -79,7 +79,11 @@ def write_entry(paths: tuple, key: dict, tensors: dict, levels=()) -> None:
 def _write(paths: tuple, key: dict, tensors: dict) -> None:
     data_path, meta_path = paths
     atomic_write(data_path, lambda p: torch.save(tensors, p))
-    write_json(meta_path, {**key, "tensors_sha256": tensors_sha256(tensors)})  # last: marks a complete entry
+    try:
+        write_json(meta_path, {**key, "tensors_sha256": tensors_sha256(tensors)})  # last: marks a complete entry
+    except BaseException:
+        data_path.unlink(missing_ok=True)  # no entry stays half-made (a kill here leaves one: read as missing)
+        raise
 
 
 def store_signals(run_dir, index: int, datamodule, strategy, T: int | None, seed: int, tensors: dict,

@@ -22,7 +22,7 @@ from .attacks import AttackContext, recorded_levels
 from .cache import cached_signals_by_latency
 from .distributed import Ranks
 from .report import write_report
-from .scoring import accuracies, evaluate, reference_indices, runnable, setting_name
+from .scoring import NO_REFERENCES, accuracies, evaluate, reference_indices, runnable, setting_name
 from .settings import AuditSettings
 from .stats import CONFIDENCE, EPS_ASSUMPTIONS, across_targets, attack_summaries
 from .signals import subset
@@ -33,6 +33,17 @@ def model_facts(hparams) -> dict:
     of a model's hyper-parameters or done.json record."""
     get = hparams.get
     return {"kind": get("kind"), "arch": net_name(hparams), "T": get("T") if get("kind") == "snn" else None}
+
+
+# What trains references that have not finished, as the line of a skipped attack says it: the
+# fit that made the run, rerun with data.model_index null, trains every reference without a
+# done.json and then skips the finished target (checked: attack_p alone, then all seven attacks).
+TRAIN_REFERENCES = {
+    "fit": "to train them, rerun this fit with --data.model_index null (it trains the missing references and "
+           "keeps the finished target), then `python run.py audit --run_dir {run_dir}`",
+    "audit": "to train them, rerun the fit that made this run with --data.model_index null (it trains the "
+             "missing references and keeps the finished target), then this audit",
+}
 
 
 class Audit:
@@ -60,7 +71,9 @@ class Audit:
         ref_in = dm.membership[self.refs] if self.refs else None
         self.ref_in = ref_in if ref_in is None or self.positions is None else ref_in[:, self.positions]
         self.attacks = settings.attack_objects()
-        self.runnable, self.skipped = runnable(self.attacks, self.ref_in, self.refs)
+        none = "needs reference models and the run has none (data.num_references 0)" if dm.num_references == 0 \
+            else NO_REFERENCES
+        self.runnable, self.skipped = runnable(self.attacks, self.ref_in, self.refs, none_reason=none)
         # Only what the selected attacks need is computed: no reference signals when none reads them.
         self.needs_references = any(a.references != "none" for a in self.runnable)
         # The SNN-native levels the selected attacks read, recorded in the signal pass by hooks
@@ -70,13 +83,23 @@ class Audit:
         self.extra: dict = {}  # what the attacks' `prepare` added (AttackData.extra)
         self.num_nonmembers = int((~self.is_member).sum())
 
-    def skip_message(self) -> str | None:
-        """Which attacks cannot run and why, or None."""
+    def skip_message(self, train_them: str | None = None) -> str | None:
+        """Which attacks cannot run and why, in one line (attacks grouped by reason), or None.
+        With references not trained yet, the line names them and ends with `train_them`, what
+        trains them (it depends on the command that audits)."""
         if not self.skipped:
             return None
-        why = "; ".join(f"{n}: {r}" for n, r in self.skipped.items())
-        extra = f" (unfinished references: {self.unfinished})" if self.unfinished else ""
-        return f"{len(self.skipped)} attack(s){extra}: {why}"
+        by_reason: dict[str, list[str]] = {}
+        for name, reason in self.skipped.items():
+            by_reason.setdefault(reason, []).append(name)
+        runs = [a.report_name() for a in self.runnable]
+        why = "; ".join(f"{', '.join(names)} skipped: {'each ' if len(names) > 1 else ''}{reason}"
+                        for reason, names in by_reason.items())
+        line = f"{why}; {', '.join(runs) or 'no attack'} {'runs' if len(runs) == 1 else 'run'}"
+        if self.unfinished:
+            missing = ", ".join(f"model_{k}" for k in self.unfinished)
+            line = f"references not trained yet: {missing}. {line}" + (f"; {train_them}" if train_them else "")
+        return line
 
     def reference_signals(self, strategy, latencies=(None,), *, device=None, progress: bool = False,
                           stats: dict | None = None, ranks: Ranks | None = None, force: bool = False) -> dict | None:

@@ -31,7 +31,7 @@ from core.rundir import audit_dir, checkpoint_path, finished_models, read_checkp
 
 from .attacks import AttackContext
 from .distributed import Ranks
-from .engine import Audit, model_facts, rotate, target_signals_cached
+from .engine import TRAIN_REFERENCES, Audit, model_facts, rotate, target_signals_cached
 from .report import LATENCY_METRICS, table_text
 from .scoring import below_resolution, distinct_fraction, setting_name
 from .settings import AuditSettings, check_latencies, check_report_dir, check_targets
@@ -81,7 +81,7 @@ def run_audit(dm, settings: AuditSettings, *, latencies=None, report_dir=None, t
     done, trained_T, target_index = checked["done"], checked["trained_T"], checked["targets"][0]
     audit = Audit(dm, target_index, settings, ranks)
     if audit.skipped and ranks.is_zero:
-        print(f"audit skips {audit.skip_message()}", file=sys.stderr)
+        print(f"audit: {audit.skip_message(train_them=TRAIN_REFERENCES['audit'])}", file=sys.stderr)
 
     # Per strategy, each model's signals at every latency at once: a direct-encoded SNN is
     # run once, at the largest missing latency, and read out after each t steps.

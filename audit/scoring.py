@@ -35,21 +35,25 @@ def as_attacks(attacks, **settings) -> list[Attack]:
                                                             if k in REGISTRY[a].settings}) for a in attacks]
 
 
-def runnable(attacks, ref_in: torch.Tensor | None, refs=()) -> tuple[list, dict[str, str]]:
+NO_REFERENCES = "needs reference models and none has finished training"
+
+
+def runnable(attacks, ref_in: torch.Tensor | None, refs=(), none_reason: str = NO_REFERENCES
+             ) -> tuple[list, dict[str, str]]:
     """The attacks that can run with these references (`ref_in` [K, N], None when none
     finished), and why the others cannot, from each attack's declared `references`: "any"
     needs a reference; "out" an OUT reference for every audit sample (a reference pair that
     is complementary always gives one; two unpaired references, e.g. models 0 and 2 as the
     references of model 1 with K = 2, leave about a quarter of the samples without); "in_out"
     an IN and an OUT reference for every sample. Names in, names out; Attack instances in,
-    instances out."""
+    instances out. `none_reason`: the reason given when there is no reference."""
     has_out = ref_in is not None and bool((~ref_in).any(0).all())
     covered = has_out and bool(ref_in.any(0).all())
     ok, skipped = [], {}
     for item, a in zip(attacks, as_attacks(attacks)):
         n = a.report_name()
         if a.references != "none" and ref_in is None:
-            skipped[n] = "needs reference models and none has finished training"
+            skipped[n] = none_reason
         elif a.references == "in_out" and not covered:
             skipped[n] = f"needs an IN and an OUT reference for every sample; references: {list(refs)}"
         elif a.references == "out" and not has_out:

@@ -11,6 +11,7 @@ from typing import Union
 
 from attacks import parse_query
 from core.errors import ConfigError, check_int, check_number
+from datamodules.plan import MIN_AUDIT_SIZE
 
 from .attacks import REGISTRY, Attack, SpecError, all_settings, catalogue, default_names, expand, resolve
 
@@ -55,7 +56,8 @@ class _AuditSettings:
             raise ConfigError(f"{where}queries={list(self.queries)!r} is not allowed; a query strategy is listed twice")
         check_int(f"{where}query_seed", self.query_seed, 0)
         if self.audit_subset is not None:
-            check_int(f"{where}audit_subset", self.audit_subset, 2, what=" or null (all audit samples)")
+            check_int(f"{where}audit_subset", self.audit_subset, MIN_AUDIT_SIZE,
+                      what=" or null (all audit samples): two members and two non-members at least")
         check_int(f"{where}subset_seed", self.subset_seed, 0)
         for key, s in all_settings().items():  # every attack setting, selected or not: a typo never waits
             s.check(f"{where}{key}", getattr(self, key))

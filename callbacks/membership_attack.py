@@ -25,13 +25,12 @@ from __future__ import annotations
 import sys
 
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_warn
 
 from attacks import eps_lower_bound
 from audit import LOGGED, Audit, AuditSettings, model_facts
 from audit.attacks import AttackContext
 from audit.cache import cached_signals, store_signals
-from audit.engine import rotate
+from audit.engine import TRAIN_REFERENCES, rotate
 from audit.distributed import Ranks
 from audit.report import table_text
 from audit.scoring import setting_name
@@ -99,11 +98,11 @@ class MembershipAttack(L.Callback):
         if positions is None:
             return
         members = int(plan.membership[0][positions].sum())
-        if members == 0 or members == positions.numel():
-            raise ConfigError(f"MembershipAttack audit_subset={self.settings.audit_subset!r} draws "
-                              f"{'no members' if members == 0 else 'only members'} of the target (subset_seed="
-                              f"{self.settings.subset_seed}); expected a subset with members and non-members: "
-                              "a larger audit_subset (hundreds), or null for all")
+        if min(members, positions.numel() - members) < 2:
+            raise ConfigError(f"MembershipAttack audit_subset={self.settings.audit_subset!r} draws {members} "
+                              f"member(s) and {positions.numel() - members} non-member(s) of the target (subset_seed="
+                              f"{self.settings.subset_seed}); expected two of each at least (for the AUC's "
+                              "interval): a larger audit_subset (hundreds), or null for all")
 
     def owed_files(self, trainer) -> list:
         """What the target owes before it counts as finished: the report and its plot."""
@@ -138,8 +137,9 @@ class MembershipAttack(L.Callback):
 
     def _prepare(self, dm, pl_module, ranks: Ranks | None = None) -> None:
         self.audit = Audit(dm, 0, self.settings, ranks)
-        if self.audit.skipped:
-            rank_zero_warn(f"MembershipAttack skips {self.audit.skip_message()}")
+        if self.audit.skipped and (ranks or Ranks()).is_zero:  # one line per fit, not a warning per attack
+            train = TRAIN_REFERENCES["fit"].format(run_dir=dm.run_dir)
+            print(f"MembershipAttack: {self.audit.skip_message(train_them=train)}", file=sys.stderr, flush=True)
         self.ref_signals = {}
         for s in self.settings.strategies:
             signals = self.audit.reference_signals(s, device=pl_module.device, progress=self._bars,

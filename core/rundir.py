@@ -211,8 +211,12 @@ class ModelLock(_FileLock):
     def __enter__(self) -> "ModelLock":
         super().__enter__()
         os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, f"host {socket.gethostname()}, pid {os.getpid()}, since "
-                            f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        try:
+            os.pwrite(self._fd, f"host {socket.gethostname()}, pid {os.getpid()}, since "
+                                f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        except OSError as err:  # a full disk: the error names the file (os.pwrite names none)
+            self.__exit__()
+            raise OSError(err.errno, err.strerror, str(self.path)) from err
         return self
 
 
@@ -466,6 +470,15 @@ def damaged(path: str | Path) -> str | None:
                 image.verify()
     except Exception as err:
         return f"unreadable ({first_line(err)})"
+    return None
+
+
+def disk_full_file(err: BaseException) -> str | None:
+    """The file whose write met the full disk, when `err` (or what caused it) names one."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT) and err.filename:
+            return str(err.filename)
+        err = err.__cause__ or err.__context__
     return None
 
 

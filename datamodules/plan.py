@@ -63,6 +63,13 @@ def resolve_population(population: float | int | None, pool_size: int) -> int:
     return z
 
 
+# The fewest audit samples: the plan makes half of them members, and DeLong's AUC interval
+# needs two members and two non-members (with one of either its variance is undefined:
+# --data.audit_size 3 reported "AUC 1.000 [nan, nan]" and wrote NaN into report.json).
+# Audits this small still mean little: docs/limits.md gives the measured error rates.
+MIN_AUDIT_SIZE = 4
+
+
 def make_plan(dataset: str, pool_size: int, num_references: int, seed: int,
               population: float | int | None = None, audit_size: int | None = None,
               dataset_identity: dict | None = None) -> Plan:
@@ -71,8 +78,14 @@ def make_plan(dataset: str, pool_size: int, num_references: int, seed: int,
     z = resolve_population(population, pool_size)
     n_max = pool_size - z
     n = n_max if audit_size is None else audit_size
-    if not (isinstance(n, int) and 2 <= n <= n_max):
-        raise ConfigError(f"data.audit_size={audit_size!r} is not allowed; expected null or an integer in [2, {n_max}]")
+    if n_max < MIN_AUDIT_SIZE:
+        raise ConfigError(f"the pool of {pool_size} samples leaves {n_max} for the audit after the population of {z} "
+                          f"(data.population={population!r}); an audit needs at least {MIN_AUDIT_SIZE} (two members "
+                          "and two non-members, for the AUC's interval): use a smaller data.population or more data")
+    if not (isinstance(n, int) and not isinstance(n, bool) and MIN_AUDIT_SIZE <= n <= n_max):
+        raise ConfigError(f"data.audit_size={audit_size!r} is not allowed; expected null or an integer in "
+                          f"[{MIN_AUDIT_SIZE}, {n_max}] (at least two members and two non-members, for the AUC's "
+                          "interval)")
 
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(pool_size, generator=g)

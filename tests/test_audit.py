@@ -156,14 +156,40 @@ def test_overfitted_target_leaks_and_untrained_target_does_not(tmp_path):
     assert abs(untrained["attacks"]["rmia_offline"]["auc"] - 0.5) < 0.1
 
 
-def test_no_references_runs_reference_free_attacks_and_says_why_once(tmp_path):
+def test_no_references_runs_reference_free_attacks_and_says_why_once(tmp_path, capsys):
     rd = tmp_path / "run"
-    with pytest.warns(UserWarning, match="MembershipAttack skips 6 attack") as record:
-        assert fit(rd, "--data.num_references", "0", "--trainer.max_epochs", "2", "--model.kind", "ann") == 0
-    assert sum("MembershipAttack skips" in str(w.message) for w in record) == 1  # once, not every epoch
+    assert fit(rd, "--data.num_references", "0", "--trainer.max_epochs", "2", "--model.kind", "ann") == 0
+    err = capsys.readouterr().err.splitlines()
+    said = [line for line in err if "skipped" in line or "reference models" in line]
+    assert len(said) == 1, err  # one line for the six attacks and two epochs, not a warning each
+    assert said[0].startswith("MembershipAttack: ") and "data.num_references 0" in said[0], said
+    assert "none has finished training" not in said[0] and "not trained yet" not in said[0], said  # K = 0 was asked
     report = json.loads((rd / "audit" / "report.json").read_text())
     assert set(report["attacks"]) == {"attack_p"}
     assert "needs reference models" in report["skipped"]["rmia_offline"]
+
+
+def test_a_target_trained_before_its_references_says_once_which_are_missing_and_what_trains_them(tmp_path, capsys):
+    rd = tmp_path / "run"
+    flags = ["--data.num_references", "2", "--trainer.max_epochs", "2", "--model.kind", "ann", "--model.width", "0.25"]
+    assert fit(rd, *flags, "--data.model_index", "0") == 0
+    err = capsys.readouterr().err.splitlines()
+    said = [line for line in err if "skipped" in line or "reference models" in line or "not trained" in line]
+    assert len(said) == 1, err
+    line = said[0]
+    assert "references not trained yet: model_1, model_2." in line, line
+    assert "rerun this fit with --data.model_index null" in line and f"python run.py audit --run_dir {rd}" in line
+    for name in ("attack_r", "rmia_offline", "rmia_online", "lira_online", "lira_offline", "reference_ratio"):
+        assert name in line, line
+    assert run.main(["audit", "--run_dir", str(rd), *QUIET]) == 0  # the offline audit: one line too
+    said = [line for line in capsys.readouterr().err.splitlines() if "skipped" in line or "not trained" in line]
+    assert len(said) == 1 and said[0].startswith("audit: references not trained yet: model_1, model_2."), said
+    assert fit(rd, *flags, "--data.model_index", "null") == 0  # what the line says trains them
+    assert not [line for line in capsys.readouterr().err.splitlines() if "skipped" in line]
+    assert run.main(["audit", "--run_dir", str(rd), *QUIET]) == 0
+    assert not [line for line in capsys.readouterr().err.splitlines() if "skipped" in line]
+    report = json.loads((rd / "audit" / "report.json").read_text())
+    assert set(report["attacks"]) == set(ATTACKS) and not report["skipped"]
 
 
 def test_interrupted_run_resumes_and_finishes_with_every_epoch(tmp_path):

@@ -142,3 +142,30 @@ def test_datamodule_exposes_the_plan_and_loads_each_models_split(tmp_path):
 def test_datamodule_bad_values(kwargs, key):
     with pytest.raises(ConfigError, match=key):
         MembershipDataModule(**kwargs)
+
+
+@pytest.mark.parametrize("audit_size", [0, 1, 2, 3])
+def test_an_audit_too_small_for_its_interval_is_refused_naming_the_minimum(audit_size):
+    with pytest.raises(ConfigError, match=rf"data.audit_size={audit_size} is not allowed; expected null or an integer "
+                                          r"in \[4, 1617\] \(at least two members and two non-members"):
+        make_plan(**{**SETTINGS, "audit_size": audit_size})
+    make_plan(**{**SETTINGS, "audit_size": 4})  # the minimum itself is allowed
+
+
+def test_a_pool_that_leaves_too_few_for_the_audit_is_refused():
+    with pytest.raises(ConfigError, match=r"the pool of 6 samples leaves 3 for the audit after the population of 3 .*"
+                                          r"at least 4"):
+        make_plan(dataset="tiny", pool_size=6, num_references=2, seed=0, population=3)
+    assert make_plan(dataset="tiny", pool_size=6, num_references=2, seed=0, population=2).membership.shape == (3, 4)
+
+
+@pytest.mark.parametrize("flag, value, key", [("--data.audit_size", "3", "data.audit_size=3"),
+                                              ("--data.population", "1795", "leaves 2 for the audit")])
+def test_too_small_sizes_are_one_line_exit_2_before_anything_is_written(tmp_path, capsys, flag, value, key):
+    import run
+
+    rd = tmp_path / "run"
+    assert run.main(["fit", "--run_dir", str(rd), flag, value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and key in err[0] and "at least" in err[0], err
+    assert not (rd / "plan.json").exists() and not list(rd.glob("model_*"))

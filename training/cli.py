@@ -24,7 +24,8 @@ from audit.offline import AuditRun, check_audit, run_audit
 from audit.settings import check_latency_values, check_report_dir, check_targets
 from callbacks import MembershipAttack
 from core.errors import ConfigError, check_int, first_line
-from core.rundir import check_run_dir, checkpoint_path, disk_full, model_dir, plan_paths, read_checkpoint
+from core.rundir import (check_run_dir, checkpoint_path, disk_full, disk_full_file, model_dir, plan_paths,
+                          read_checkpoint)
 from datamodules import MembershipDataModule
 from lightning_modules import Classifier
 from lightning_modules.privacy import check_trainer
@@ -340,7 +341,9 @@ def run_cli(args: list[str], print_tables: bool = True) -> int:
         return stop.exit_code
     except (OSError, RuntimeError) as err:
         if disk_full(err):  # every file of the run directory is written atomically: nothing half-written stays
-            print(f"error: no space left on the device ({first_line(err)}); nothing was left half-written: free "
+            where = disk_full_file(err)
+            what = f"writing {where}" if where else first_line(err)
+            print(f"error: no space left on the device ({what}); nothing was left half-written: free "
                   "space and rerun the same command to resume", file=sys.stderr)
             return 1
         line = out_of_memory_line(err)
