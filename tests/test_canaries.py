@@ -1,0 +1,102 @@
+"""Canaries in the membership plan (data.canaries): drawn once under the plan's hash, in the
+target's training set independently with probability 1/2, never in a reference's, the audit set
+or the population."""
+
+import json
+
+import pytest
+import torch
+
+from core.errors import ConfigError
+from datamodules import MembershipDataModule, load_plan
+from datamodules.canaries import check_canaries
+
+
+def _dm(tmp_path, index=0, canaries=None, **kw):
+    dm = MembershipDataModule(num_references=2, model_index=index, seed=5, run_dir=str(tmp_path),
+                              canaries=canaries, **kw)
+    dm.prepare_data()
+    dm.setup()
+    return dm
+
+
+def _training_images(dm):
+    """Every image of the model's training set (its loader's dataset), flattened."""
+    ds = dm.train_dataloader().dataset
+    return torch.stack([ds[i][0].flatten() for i in range(len(ds))]), torch.stack([ds[i][1] for i in range(len(ds))])
+
+
+@pytest.mark.parametrize("kind", ["mislabel", "noise"])
+def test_only_the_target_trains_on_its_included_canaries(tmp_path, kind):
+    dm = _dm(tmp_path, canaries={"count": 60, "kind": kind})
+    plan = dm.plan
+    inc = dm.canary_included
+    assert inc.shape == (60,) and 15 < int(inc.sum()) < 45  # independent fair coins, not a fixed half
+    canary = dm.canary_set()
+    images = torch.stack([canary[i][0].flatten() for i in range(60)])
+    labels = torch.stack([canary[i][1] for i in range(60)])
+    train_x, train_y = _training_images(dm)
+    members = int(plan.membership[0].sum())
+    assert len(train_x) == members + int(inc.sum())
+    # the included canaries, with their canary labels, are the last items of the target's set
+    assert torch.equal(train_x[members:], images[inc]) and torch.equal(train_y[members:], labels[inc])
+    if kind == "mislabel":  # pool images with a wrong label, outside the audit set and the population
+        idx = plan.canaries.indices
+        assert torch.all(labels != dm.pool.labels[idx])
+        used = set(plan.audit_indices.tolist()) | set(plan.population_indices.tolist())
+        assert not used & set(idx.tolist())
+        assert plan.fingerprint["audit_size"] == 1797 - 180 - 60  # digits: population 10%, then the canaries
+    else:
+        assert plan.canaries.indices is None and plan.canaries.images.shape == (60, 1, 8, 8)
+        assert plan.fingerprint["audit_size"] == 1797 - 180
+    # a reference's training set holds no canary image
+    ref_x, _ = _training_images(_dm(tmp_path, index=1, canaries={"count": 60, "kind": kind}))
+    assert len(ref_x) == int(plan.membership[1].sum())
+    assert not any(torch.equal(r, c) for c in images[:10] for r in ref_x)
+
+
+def test_canaries_are_under_the_plan_hash_and_fingerprint(tmp_path):
+    dm = _dm(tmp_path, canaries={"count": 40, "kind": "noise"})
+    again = load_plan(tmp_path)
+    assert torch.equal(again.canaries.included, dm.canary_included)
+    assert torch.equal(again.canaries.images, dm.plan.canaries.images)
+    assert json.loads((tmp_path / "plan.json").read_text())["canaries"] == {"count": 40, "kind": "noise"}
+    # a flipped inclusion bit is caught by the hash
+    tensors = torch.load(tmp_path / "plan.pt", weights_only=True)
+    tensors["canary_included"][0] ^= True
+    torch.save(tensors, tmp_path / "plan.pt")
+    with pytest.raises(ConfigError, match="does not match the hash"):
+        load_plan(tmp_path)
+
+
+@pytest.mark.parametrize("other", [None, {"count": 41, "kind": "noise"}, {"count": 40, "kind": "mislabel"}])
+def test_a_plan_with_other_canaries_is_refused(tmp_path, other):
+    _dm(tmp_path, canaries={"count": 40, "kind": "noise"})
+    with pytest.raises(ConfigError, match="canaries: plan has"):
+        _dm(tmp_path, canaries=other)
+
+
+def test_a_plan_without_canaries_is_unchanged(tmp_path):
+    plain = _dm(tmp_path / "a")
+    assert "canaries" not in plain.plan.fingerprint and plain.canary_set() is None
+    assert "canary_labels" not in torch.load(tmp_path / "a" / "plan.pt", weights_only=True)
+    with pytest.raises(ConfigError, match="canaries: plan has None"):
+        _dm(tmp_path / "a", canaries={"count": 40, "kind": "noise"})
+
+
+@pytest.mark.parametrize("value, match", [
+    (5, "expected null"), ({"count": 10}, "missing kind"), ({"kind": "noise"}, "missing count"),
+    ({"count": 1, "kind": "noise"}, r"data.canaries.count=1 is not allowed"),
+    ({"count": 10, "kind": "gauss"}, r"data.canaries.kind='gauss' is not allowed; choose one of: mislabel, noise"),
+    ({"count": 10, "kind": "noise", "seed": 3}, "unknown key"),
+    ({"count": True, "kind": "noise"}, "data.canaries.count=True"),
+])
+def test_bad_canaries_are_one_line_errors(value, match):
+    with pytest.raises(ConfigError, match=match) as err:
+        check_canaries(value)
+    assert "\n" not in str(err.value)
+
+
+def test_too_many_mislabel_canaries_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="at most 1615 can be canaries"):
+        _dm(tmp_path, canaries={"count": 1700, "kind": "mislabel"})
