@@ -72,6 +72,14 @@ def markdown(report: dict) -> str:
             lines.append(f"| {name} | " + " | ".join(mean_cell(row.get(k)) for k in keys) + " |")
     if report.get("eps_lb"):
         lines += ["", f"eps_lb: {report['eps_lb']['assumptions']}"]
+    canary = report.get("canary_audit")
+    if canary:
+        lines += ["", f"Canary audit (black box): {canary['count']} {canary['kind']} canaries, each in the target's "
+                  f"training set with probability 1/2, scored by the target's confidence on the canary label; "
+                  f"{canary['correct']} of {canary['guesses']} guesses right (k+ {canary['k_plus']}, k- "
+                  f"{canary['k_minus']}), eps_lb {canary['eps_lb']:.2f} at 95% confidence, delta {canary['delta']:g}. "
+                  "This final value is the 95% bound; the per-epoch values in `history` (`canary_eps_lb`) are "
+                  "each valid for their epoch alone, not their maximum."]
     if report.get("skipped"):
         lines += ["", "Skipped: " + "; ".join(f"{k} ({v})" for k, v in report["skipped"].items()) + "."]
     settings = report.get("settings", {})

@@ -100,3 +100,29 @@ def test_bad_canaries_are_one_line_errors(value, match):
 def test_too_many_mislabel_canaries_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="at most 1615 can be canaries"):
         _dm(tmp_path, canaries={"count": 1700, "kind": "mislabel"})
+
+
+# -- the black-box canary audit in a fit --------------------------------------------------------
+def test_fit_logs_the_canary_bound_every_epoch_and_reports_the_final_one(tmp_path):
+    import csv
+
+    import run
+
+    rd = tmp_path / "run"
+    assert run.main(["fit", "--run_dir", str(rd), "--trainer.enable_progress_bar", "false",
+                     "--trainer.enable_model_summary", "false", "--data.num_references", "0",
+                     "--model.kind", "ann", "--model.width", "0.5", "--trainer.max_epochs", "2",
+                     "--data.canaries", "{count: 100, kind: noise}"]) == 0
+    report = json.loads((rd / "audit" / "report.json").read_text())
+    canary = report["canary_audit"]
+    assert (canary["count"], canary["kind"], canary["delta"]) == (100, "noise", 0.0)
+    assert 0 < canary["guesses"] <= 100 and 0 <= canary["correct"] <= canary["guesses"] and canary["eps_lb"] >= 0
+    history = report["history"]
+    assert [h["epoch"] for h in history] == [0, 1] and history[-1]["canary_eps_lb"] == canary["eps_lb"]
+    with open(rd / "model_0" / "logs" / "metrics.csv") as f:
+        logged = {int(r["epoch"]): float(r["audit/canary_eps_lb"]) for r in csv.DictReader(f)
+                  if r.get("audit/canary_eps_lb")}
+    assert logged == pytest.approx({h["epoch"]: h["canary_eps_lb"] for h in history})
+    assert "Canary audit (black box): 100 noise canaries" in (rd / "audit" / "report.md").read_text()
+    # the audit's accuracies exclude the canaries: the audit set and population hold none
+    assert report["settings"]["audit_samples"] == 1797 - 180
