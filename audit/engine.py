@@ -155,6 +155,8 @@ class Audit:
             extra["canary_audit"] = canary_audit
         dp = target.get("dp")
         canary_above = {"canary_audit": canary_audit["eps_lb"]} if canary_audit else {}
+        if dp and dp.get("audit_canaries"):
+            canary_above["white-box gradient canaries"] = dp["audit_canaries"]["eps_lb"]
         if dp and dp.get("epsilon") is not None and (eps or canary_above):
             above = {n: e["eps_lb"] for n, e in eps.items() if e["eps_lb"] > dp["epsilon"] + 1e-9}
             above.update({n: v for n, v in canary_above.items() if v > dp["epsilon"] + 1e-9})

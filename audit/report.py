@@ -47,6 +47,12 @@ def markdown(report: dict) -> str:
                   f"accountant{target}), noise multiplier {dp['noise_multiplier']:.4g}, max grad norm "
                   f"{dp['max_grad_norm']:g}, sample rate {dp['sample_rate']:.4g}, {dp['steps']} steps; "
                   f"epsilon covers {dp.get('scope', 'all training')}.", ""]
+        white = dp.get("audit_canaries")
+        if white:
+            lines += [f"White-box canary audit of the DP-SGD implementation: {white['count']} Dirac gradient canaries, "
+                      f"{white['correct']} of {white['guesses']} guesses right, eps_lb {white['eps_lb']:.2f} at 95% "
+                      f"confidence, delta {white['delta']:g} (eps_lb / epsilon = "
+                      f"{white['eps_lb'] / dp['epsilon'] if dp['epsilon'] else float('nan'):.2f}).", ""]
     if t.get("distinct_confidences"):
         lines += ["Distinct target confidences / N (low = many ties): "
                   + ", ".join(f"{k} {v:.3f}" for k, v in t["distinct_confidences"].items()) + ".", ""]

@@ -126,3 +126,24 @@ def test_fit_logs_the_canary_bound_every_epoch_and_reports_the_final_one(tmp_pat
     assert "Canary audit (black box): 100 noise canaries" in (rd / "audit" / "report.md").read_text()
     # the audit's accuracies exclude the canaries: the audit set and population hold none
     assert report["settings"]["audit_samples"] == 1797 - 180
+
+
+def test_the_canary_bound_reaches_the_targets_wandb_run_per_epoch(tmp_path, monkeypatch):
+    import run
+    from wandb_records import read_run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    rd = tmp_path / "run"
+    logger = "{class_path: lightning.pytorch.loggers.WandbLogger, init_args: {project: mia-test}}"
+    assert run.main(["fit", "--run_dir", str(rd), "--trainer.enable_progress_bar", "false",
+                     "--trainer.enable_model_summary", "false", "--data.num_references", "0",
+                     "--model.kind", "ann", "--model.width", "0.5", "--trainer.max_epochs", "2",
+                     "--data.canaries", "{count: 50, kind: mislabel}", "--trainer.logger", logger]) == 0
+    files = sorted((rd / "model_0" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 1
+    record = read_run(files[0])
+    assert record["metrics"].get("audit/*") == "epoch"  # on the epoch axis, like dp/epsilon
+    logged = {row["epoch"]: row["audit/canary_eps_lb"] for row in record["history"] if "audit/canary_eps_lb" in row}
+    history = json.loads((rd / "audit" / "report.json").read_text())["history"]
+    assert logged == pytest.approx({h["epoch"]: h["canary_eps_lb"] for h in history}) and len(logged) == 2

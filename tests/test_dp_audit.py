@@ -80,3 +80,33 @@ def test_bad_audit_canaries_are_one_line_errors():
                          ("10", "model.dp.audit_canaries='10'"), (10 ** 6, "at most 4274")):
         with pytest.raises(ConfigError, match=match):
             Classifier(kind="ann", width=0.25, dp={**base, "audit_canaries": value})
+
+
+def test_a_dp_fit_reports_both_canary_audits(tmp_path):
+    """run.py fit with white-box (model.dp.audit_canaries) and black-box (data.canaries) canaries:
+    the white-box bound per epoch in metrics.csv and in report.json's target.dp, the black-box one
+    at the DP target's delta, and both in report.md."""
+    import csv
+    import json
+
+    import run
+
+    rd = tmp_path / "run"
+    assert run.main(["fit", "--run_dir", str(rd), "--trainer.enable_progress_bar", "false",
+                     "--trainer.enable_model_summary", "false", "--data.num_references", "0",
+                     "--model.kind", "ann", "--model.width", "0.25", "--trainer.max_epochs", "2",
+                     "--model.optimizer", "sgd", "--model.lr", "0.5",
+                     "--model.dp", "{epsilon: 4, delta: 1e-5, max_grad_norm: 1.0, audit_canaries: 500}",
+                     "--data.canaries", "{count: 40, kind: noise}"]) == 0
+    report = json.loads((rd / "audit" / "report.json").read_text())
+    dp = report["target"]["dp"]
+    white = dp["audit_canaries"]
+    assert white["count"] == 500 and white["delta"] == 1e-5 and 0 <= white["eps_lb"] <= dp["epsilon"]
+    assert report["canary_audit"]["delta"] == 1e-5 and report["canary_audit"]["eps_lb"] <= dp["epsilon"]
+    with open(rd / "model_0" / "logs" / "metrics.csv") as f:
+        per_epoch = {int(r["epoch"]): float(r["dp/canary_eps_lb"]) for r in csv.DictReader(f) if r.get("dp/canary_eps_lb")}
+    assert sorted(per_epoch) == [0, 1] and per_epoch[1] == pytest.approx(white["eps_lb"])
+    md = (rd / "audit" / "report.md").read_text()
+    assert "White-box canary audit of the DP-SGD implementation: 500 Dirac gradient canaries" in md
+    assert "Canary audit (black box): 40 noise canaries" in md and "Warning" not in md
+    assert json.loads((rd / "model_0" / "done.json").read_text())["dp"]["audit_canaries"]["count"] == 500
