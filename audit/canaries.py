@@ -50,6 +50,21 @@ def canary_audit(dm, scores: torch.Tensor, delta: float) -> dict:
             "score": "the target's confidence on the canary's label"}
 
 
+def checkpoint_canary_audit(dm, run_dir, done: dict, settings, device=None) -> dict | None:
+    """`run.py audit`'s canary audit of the finished target (model 0's checkpoint, checked
+    against the plan), or None without canaries."""
+    if dm.canary_set() is None:
+        return None
+    from core.rundir import checkpoint_path
+    from lightning_modules import Classifier
+
+    model, _ = Classifier.from_checkpoint(checkpoint_path(run_dir, 0), dm.plan.fingerprint, 0)
+    if device is not None:
+        model = model.to(device)
+    dp = done.get("dp")
+    return canary_audit(dm, canary_scores(model, dm), dp["delta"] if dp else settings.eps_delta)
+
+
 def canary_delta(model, settings) -> float:
     """The delta of the canary bound: a DP target's own delta (so that the bound and the
     accountant's epsilon speak of the same delta), else the audit's eps_delta."""

@@ -126,6 +126,11 @@ def test_fit_logs_the_canary_bound_every_epoch_and_reports_the_final_one(tmp_pat
     assert "Canary audit (black box): 100 noise canaries" in (rd / "audit" / "report.md").read_text()
     # the audit's accuracies exclude the canaries: the audit set and population hold none
     assert report["settings"]["audit_samples"] == 1797 - 180
+    # run.py audit of the finished target redoes the canary audit from its checkpoint: the same numbers
+    assert run.main(["audit", "--run_dir", str(rd), "--trainer.enable_progress_bar", "false",
+                     "--report_dir", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "report.json").read_text())["canary_audit"]
+    assert again == pytest.approx(canary)
 
 
 def test_the_canary_bound_reaches_the_targets_wandb_run_per_epoch(tmp_path, monkeypatch):
