@@ -30,9 +30,9 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def train(kind: str, T: int = 4) -> tuple[float, dict]:
+def train(kind: str, T: int = 4) -> tuple[float, dict, Classifier]:
     """DP-SGD as the Classifier runs it (its DP optimizer, Poisson loader, summed loss), without a
-    trainer: (the accountant's epsilon, the white-box canary audit)."""
+    trainer: (the accountant's epsilon, the white-box canary audit, the model)."""
     torch.manual_seed(0)
     d = load_digits()
     x = torch.tensor(d.images[:64], dtype=torch.float32).unsqueeze(1) / 16
@@ -49,29 +49,45 @@ def train(kind: str, T: int = 4) -> tuple[float, dict]:
             torch.nn.functional.cross_entropy(model(xb), yb, reduction="sum").backward()
             opt.step()
     assert model.private.steps == STEPS
-    return model.private.epsilon(), model.private.canary_audit()
+    return model.private.epsilon(), model.private.canary_audit(), model
 
 
 @pytest.mark.parametrize("kind", ["ann", "snn"])
 def test_no_noise_is_caught(monkeypatch, kind):
     monkeypatch.setenv("SNN_MIA_DP_FAULT", "no_noise")
-    eps, audit = train(kind)
+    eps, audit, _ = train(kind)
     assert 2.0 < eps < 2.4  # the accountant still reports the claimed epsilon
     assert audit["eps_lb"] > eps, (eps, audit)
 
 
 def test_per_step_clipping_of_an_snn_is_caught(monkeypatch):
     monkeypatch.setenv("SNN_MIA_DP_FAULT", "per_step_clip")
-    eps, audit = train("snn", T=4)
+    eps, audit, _ = train("snn", T=4)
     assert audit["eps_lb"] > eps, (eps, audit)
 
 
 @pytest.mark.parametrize("kind", ["ann", "snn"])
 def test_honest_dp_sgd_stays_below_its_epsilon(monkeypatch, kind):
     monkeypatch.delenv("SNN_MIA_DP_FAULT", raising=False)
-    eps, audit = train(kind)
+    eps, audit, _ = train(kind)
     assert audit["count"] == CANARIES and audit["delta"] == 1e-5
     assert audit["eps_lb"] <= eps, (eps, audit)
+
+
+def test_the_canaries_survive_a_checkpoint(monkeypatch):
+    """A resumed or reloaded model has the same canaries, coins and starting values (the
+    checkpoint's `dp` entry), so its audit is the same."""
+    monkeypatch.delenv("SNN_MIA_DP_FAULT", raising=False)
+    _, audit, model = train("ann")
+    again = Classifier(**{k: v for k, v in model.hparams.items()})
+    again.load_state_dict(model.state_dict())
+    assert again.private.canary_audit() != audit  # without the recorded start, the shift is lost
+    again.private.load_state_dict(model.private.state_dict())
+    assert again.private.canary_audit() == audit
+    state = model.private.state_dict()
+    state["canaries"]["count"] = 7
+    with pytest.raises(ConfigError, match="not this run's"):
+        again.private.load_state_dict(state)
 
 
 def test_bad_audit_canaries_are_one_line_errors():
