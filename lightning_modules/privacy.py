@@ -366,7 +366,7 @@ class PrivateTraining:
         kwargs = dict(noise_multiplier=noise, max_grad_norm=self.settings.max_grad_norm,
                       expected_batch_size=self.expected_batch_size, loss_reduction="mean")
         if self.canaries is not None:
-            if {id(p) for g in optimizer.param_groups for p in g["params"]} < {id(p) for p in self.canaries.params}:
+            if not {id(p) for p in self.canaries.params} <= {id(p) for g in optimizer.param_groups for p in g["params"]}:
                 raise ConfigError("model.dp.audit_canaries: the optimizer does not train every parameter of the network")
             dp_optimizer = _CanaryDPOptimizer(optimizer, canary_rows=lambda: self._canary_rows(dp_optimizer), **kwargs)
         else:
