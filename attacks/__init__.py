@@ -15,7 +15,7 @@ epsilon.py  empirical epsilon lower bound from one training run (Steinke, Nasr, 
 
 from .access import gaussian_fit, gaussian_lr, label_only, reference_classifier, steps_lira
 from .collect import query_logits, query_signals, query_signals_by_latency
-from .epsilon import eps_lower_bound, p_value
+from .epsilon import canary_eps_lower_bound, eps_lower_bound, p_value
 from .intervals import (
     delong_auc_interval,
     mean_interval,
@@ -44,6 +44,6 @@ __all__ = [
     "roc_metrics", "downsample_roc", "FPR_LEVELS",
     "roc_intervals", "roc_bootstrap", "delong_auc_interval", "measurable", "resolution_note",
     "mean_interval", "paired_difference", "verdict",
-    "eps_lower_bound", "p_value",
+    "eps_lower_bound", "canary_eps_lower_bound", "p_value",
     "plot_roc", "plot_score_histograms",
 ]

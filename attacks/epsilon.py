@@ -146,6 +146,34 @@ def eps_lower_bound(scores, is_member, *, k_plus: int | None = None, k_minus: in
     }
 
 
+def canary_eps_lower_bound(scores, included, *, delta: float = 0.0, confidence: float = 0.95) -> dict:
+    """The one-run bound on canaries: ``{count, guesses, correct, eps_lb, k_plus, k_minus, delta,
+    confidence, candidates}``.
+
+    Canaries are the paper's own setting: each of the m canaries is included independently
+    with probability 1/2 (``included``, bool [m]), so the p-value is the paper's, with no
+    correction for the plan's fixed-size design (``design="independent"``), and m, not the
+    whole audit set, is the number of randomised samples in the delta term.
+
+    Guesses. The auditor guesses "included" for its k+ highest ``scores`` and "excluded" for
+    its k- lowest, and abstains on the rest. The paper's Algorithm 1 takes k+ and k- as
+    fixed in advance; its experiments try several and report the best. Here the pairs
+    (k, 0) and (k, k), k in 10, 20, 50, 100, 200, ... <= m / 2 (m / 2 alone when m < 20),
+    are fixed by m before any score is seen, every pair is tested at alpha / G for the G
+    pairs (Bonferroni), and the largest bound is reported: the maximum keeps the stated
+    confidence. (``eps_lower_bound`` documents the p-value and the search.)
+
+    ``eps_lb`` is 0 when no pair rejects eps = 0: scores that say nothing about inclusion
+    give 0 in at least 95% of audits (tests/test_attacks_epsilon.py counts 200 of them).
+    """
+    s = as_float64("scores", scores, 1)
+    b = as_mask("included", included, tuple(s.shape))
+    out = eps_lower_bound(s, b, delta=delta, confidence=confidence, design="independent")
+    return {"count": out["num_samples"], "guesses": out["guesses"], "correct": out["correct"],
+            "eps_lb": out["eps_lb"], "k_plus": out["k_plus"], "k_minus": out["k_minus"], "delta": out["delta"],
+            "confidence": out["confidence"], "candidates": out["candidates"]}
+
+
 def p_value(guesses: int, correct: int, eps: float, delta: float = 0.0, num_samples: int | None = None) -> float:
     """P[at least ``correct`` of ``guesses`` guesses are right] for an (eps, delta)-DP algorithm,
     under the paper's independent design (``eps_lower_bound`` documents the formula;

@@ -157,10 +157,12 @@ class Audit:
 
     def write_report(self, out_dir, metrics: dict, *, facts: dict, epoch: int, acc: dict, history: list,
                      extra_target: dict | None = None, extra_settings: dict | None = None,
-                     latency: dict | None = None, targets: dict | None = None) -> dict:
+                     latency: dict | None = None, targets: dict | None = None,
+                     canary_audit: dict | None = None) -> dict:
         """report.json, report.md and the plots in `out_dir` (the caller prints the table). The one
         place where a report is assembled. `targets` ({model: {"attacks", accuracies}}), from
-        `rotate`, adds every target's numbers and the mean and interval across them."""
+        `rotate`, adds every target's numbers and the mean and interval across them.
+        `canary_audit` (audit/canaries.py) is the black-box canary audit of the main target."""
         attacks, eps = self.summaries(metrics)
         target = {"epoch": epoch, **facts, **acc, **(extra_target or {})}
         settings = {"plan": self.dm.plan.fingerprint, "target_index": self.target, "references": self.refs,
@@ -175,9 +177,15 @@ class Audit:
             per_target = {m: t["attacks"] for m, t in targets.items()}
             extra["targets"] = {str(m): t for m, t in targets.items()}
             extra["across_targets"] = across_targets(per_target)
+        if canary_audit:
+            extra["canary_audit"] = canary_audit
         dp = target.get("dp")
-        if dp and dp.get("epsilon") is not None and eps:
+        canary_above = {"canary_audit": canary_audit["eps_lb"]} if canary_audit else {}
+        if dp and dp.get("audit_canaries"):
+            canary_above["white-box gradient canaries"] = dp["audit_canaries"]["eps_lb"]
+        if dp and dp.get("epsilon") is not None and (eps or canary_above):
             above = {n: e["eps_lb"] for n, e in eps.items() if e["eps_lb"] > dp["epsilon"] + 1e-9}
+            above.update({n: v for n, v in canary_above.items() if v > dp["epsilon"] + 1e-9})
             if above:  # impossible for a correct DP implementation whose assumptions hold
                 extra["warnings"] = [f"eps_lb above the accountant's epsilon {dp['epsilon']:.4g} for "
                                      + ", ".join(f"{n} ({v:.4g})" for n, v in above.items())

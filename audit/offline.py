@@ -31,6 +31,7 @@ from core.rundir import audit_dir, checkpoint_path, finished_models, read_checkp
 
 from .attacks import AttackContext
 from .distributed import Ranks
+from .canaries import checkpoint_canary_audit
 from .engine import TRAIN_REFERENCES, Audit, model_facts, rotate, target_signals_cached
 from .report import LATENCY_METRICS, table_text
 from .scoring import below_resolution, distinct_fraction, setting_name
@@ -146,12 +147,13 @@ def run_audit(dm, settings: AuditSettings, *, latencies=None, report_dir=None, t
     if latency_series and rotated:
         add_across_targets(latency_series, series, rotated)
     out = checked["report_dir"] or audit_dir(run_dir)
+    canaries = checkpoint_canary_audit(dm, run_dir, done, settings, device) if target_index == 0 else None
     report = audit.write_report(out, metrics, facts=model_facts(done), epoch=done.get("epochs", 0) - 1, acc=acc,
                               history=training_history(run_dir, target_index),
                               extra_target={"distinct_confidences": distinct, "dp": done.get("dp"),
                                             "precision": done.get("precision")},
                               extra_settings={"latencies": list(checked["latencies"] or []), "signal_cache": stats},
-                              latency=latency_series or None, targets=rotated)
+                              latency=latency_series or None, targets=rotated, canary_audit=canaries)
     if print_table:
         print(table_text(report, Path(out) / "report.md"), file=sys.stderr)
     return report

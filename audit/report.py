@@ -46,6 +46,12 @@ def markdown(report: dict) -> str:
                   f"accountant{target}), noise multiplier {dp['noise_multiplier']:.4g}, max grad norm "
                   f"{dp['max_grad_norm']:g}, sample rate {dp['sample_rate']:.4g}, {dp['steps']} steps; "
                   f"epsilon covers {dp.get('scope', 'all training')}.", ""]
+        white = dp.get("audit_canaries")
+        if white:
+            lines += [f"White-box canary audit of the DP-SGD implementation: {white['count']} Dirac gradient canaries, "
+                      f"{white['correct']} of {white['guesses']} guesses right, eps_lb {white['eps_lb']:.2f} at 95% "
+                      f"confidence, delta {white['delta']:g} (eps_lb / epsilon = "
+                      f"{white['eps_lb'] / dp['epsilon'] if dp['epsilon'] else float('nan'):.2f}).", ""]
     if t.get("distinct_confidences"):
         lines += ["Distinct target confidences / N (low = many ties): "
                   + ", ".join(f"{k} {v:.3f}" for k, v in t["distinct_confidences"].items()) + ".", ""]
@@ -71,6 +77,14 @@ def markdown(report: dict) -> str:
             lines.append(f"| {name} | " + " | ".join(mean_cell(row.get(k)) for k in keys) + " |")
     if report.get("eps_lb"):
         lines += ["", f"eps_lb: {report['eps_lb']['assumptions']}"]
+    canary = report.get("canary_audit")
+    if canary:
+        lines += ["", f"Canary audit (black box): {canary['count']} {canary['kind']} canaries, each in the target's "
+                  f"training set with probability 1/2, scored by the target's confidence on the canary label; "
+                  f"{canary['correct']} of {canary['guesses']} guesses right (k+ {canary['k_plus']}, k- "
+                  f"{canary['k_minus']}), eps_lb {canary['eps_lb']:.2f} at 95% confidence, delta {canary['delta']:g}. "
+                  "This final value is the 95% bound; the per-epoch values in `history` (`canary_eps_lb`) are "
+                  "each valid for their epoch alone, not their maximum."]
     if report.get("skipped"):
         lines += ["", "Skipped: " + "; ".join(f"{k} ({v})" for k, v in report["skipped"].items()) + "."]
     settings = report.get("settings", {})

@@ -6,7 +6,9 @@ signals from the cache (computed once per reference checkpoint and strategy),
 scores every configured attack and logs, against the epoch:
 
     attack/<name>/auc, attack/<name>/tpr@1%fpr, attack/<name>/tpr@0.1%fpr, attack/<name>/tpr@0%fpr,
-    audit/train_acc, audit/test_acc, audit/acc_gap
+    audit/train_acc, audit/test_acc, audit/acc_gap, and with data.canaries audit/canary_eps_lb
+    (that epoch's canary bound; only the final one, the report's canary_audit, is the 95% bound:
+    audit/canaries.py)
 
 (<name> carries "@<strategy>" for a non-plain query, e.g. rmia_offline@dropout_p0.01_n10).
 At the end of fit it writes run_dir/audit/report.{json,md} and roc.png, prints the
@@ -28,6 +30,7 @@ import lightning as L
 
 from attacks import eps_lower_bound
 from audit import LOGGED, Audit, AuditSettings, model_facts
+from audit.canaries import canary_audit, canary_delta, canary_scores
 from audit.attacks import AttackContext
 from audit.cache import cached_signals, store_signals
 from audit.engine import TRAIN_REFERENCES, rotate
@@ -76,6 +79,7 @@ class MembershipAttack(L.Callback):
         self.last_target_signals: dict[str, dict] = {}
         self.history: list[dict] = []
         self.last_metrics: dict | None = None
+        self.last_canary_audit: dict | None = None  # the black-box canary audit of the last audited epoch
         self.cache_stats: dict[str, int] = {}
         self.max_epochs: int | None = None
         self.audit: Audit | None = None
@@ -185,7 +189,7 @@ class MembershipAttack(L.Callback):
         self.history = [h for h in self.history if h["epoch"] != entry["epoch"]] + [entry]
         self.last_metrics = metrics  # with the ROC curves: rank 0 only (None elsewhere)
         self._audited_this_fit = True
-        logged = {f"audit/{k}": entry[k] for k in ("train_acc", "test_acc", "acc_gap")}
+        logged = {f"audit/{k}": entry[k] for k in ("train_acc", "test_acc", "acc_gap", "canary_eps_lb") if k in entry}
         for name, m in entry["attacks"].items():  # a metric below resolution (None) is not logged as a number
             logged.update({f"attack/{name}/{k}": float(m[k]) for k in (*LOGGED, "eps_lb") if m.get(k) is not None})
         # Every rank logs rank 0's values (loggers write from rank 0 only); the sync is a max over
@@ -235,7 +239,12 @@ class MembershipAttack(L.Callback):
         for name, m in metrics.items():
             attacks[name]["eps_lb"] = float(eps_lower_bound(m["scores"], self.audit.is_member,
                                                             delta=self.settings.eps_delta)["eps_lb"])
-        return {**acc, "attacks": attacks}, metrics
+        entry = {**acc, "attacks": attacks}
+        scores = canary_scores(model, dm)
+        if scores is not None:  # data.canaries: the black-box canary audit of this epoch's model
+            self.last_canary_audit = canary_audit(dm, scores, canary_delta(model, self.settings))
+            entry["canary_eps_lb"] = self.last_canary_audit["eps_lb"]
+        return entry, metrics
 
     # -- end of fit -----------------------------------------------------------------------
     def on_fit_end(self, trainer, pl_module) -> None:
@@ -273,7 +282,7 @@ class MembershipAttack(L.Callback):
             epoch=last["epoch"], acc={k: last[k] for k in ("train_acc", "test_acc", "acc_gap")},
             history=self.history, extra_target={"dp": getattr(pl_module, "dp_facts", lambda: None)(),
                                                 "precision": str(trainer.precision)},
-            targets=targets)
+            targets=targets, canary_audit=self.last_canary_audit)
         if self.print_table:
             print(table_text(report, audit_dir(dm.run_dir) / "report.md"), file=sys.stderr)
         log_roc_to_wandb(trainer, report)

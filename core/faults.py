@@ -29,3 +29,21 @@ def kill_point(name: str) -> None:
         end = time.monotonic() + seconds
         while time.monotonic() < end:  # a signal handler may cut a sleep short: sleep out the rest
             time.sleep(max(0.0, end - time.monotonic()))
+
+
+# -- DP faults, for the tests of the DP audit (tests/test_dp_audit.py) only ---------------------
+# SNN_MIA_DP_FAULT=<name> breaks DP-SGD on purpose, so that a test can show that the white-box
+# canary audit catches it:
+#   no_noise       the optimizer adds no noise, while the accountant is told the claimed noise
+#                  multiplier (and so reports the claimed epsilon);
+#   per_step_clip  an SNN's per-sample gradient is clipped per (sample, time step) row instead of
+#                  once per sample (its T steps summed first): the sensitivity grows up to T-fold.
+DP_FAULTS = ("no_noise", "per_step_clip")
+
+
+def dp_fault(name: str) -> bool:
+    """Whether the test-only DP fault `name` is switched on (unset: two dictionary lookups)."""
+    value = os.environ.get("SNN_MIA_DP_FAULT")
+    if value and value not in DP_FAULTS:
+        raise ValueError(f"SNN_MIA_DP_FAULT={value!r} is not a fault; expected one of {', '.join(DP_FAULTS)}")
+    return value == name

@@ -3,17 +3,18 @@
 `model_index` picks whose training set is loaded: 0 is the target, 1..K the
 references; None means "the whole audit" to `run.py fit` and loads the target.
 Each model validates on its own non-members, and `test` is the population
-hold-out, on which no model ever trains.
+hold-out, on which no model ever trains. With `canaries`, the target (model 0) also
+trains on its included canaries (datamodules/canaries.py); no other set holds one.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from .canaries import Joined, canary_images, check_canaries
 from .datasets import IndexedImages, Pool, crop_flip, dataset_info, load_pool
 from core.errors import ConfigError, check_int
 from core.rundir import check_trained_on
@@ -75,6 +76,7 @@ class MembershipDataModule(L.LightningDataModule):
         resize: int | None = None,
         T: int = 4,
         run_dir: str | None = None,
+        canaries: dict | None = None,
     ):
         """
         Args:
@@ -102,6 +104,10 @@ class MembershipDataModule(L.LightningDataModule):
             T: event datasets: frames per sample. run.py sets it from model.T, so an SNN's
                 time steps are the frames; an ANN gets the frames summed.
             run_dir: where the plan is persisted (set from the top-level --run_dir).
+            canaries: {count: m, kind: mislabel | noise} adds m canaries, each in the target's
+                training set independently with probability 1/2 (the one-run canary audit);
+                mislabel: pool images, out of the audit set and the population, with a fixed
+                wrong label; noise: fixed random-pixel images with random labels. Null: none.
         """
         super().__init__()
         info = dataset_info(dataset, root, image_size, resize, download)
@@ -115,6 +121,7 @@ class MembershipDataModule(L.LightningDataModule):
         check_int("data.eval_batch_size", eval_batch_size, 1)
         check_int("data.num_workers", num_workers, 0)
         check_int("data.seed", seed, 0, 2 ** 63 - 1)  # torch.Generator.manual_seed's range
+        canaries = check_canaries(canaries)
         if isinstance(population, float) and population >= 1 and population.is_integer():
             population = int(population)  # a count that a parser read as 1000.0
         self.save_hyperparameters()
@@ -133,6 +140,7 @@ class MembershipDataModule(L.LightningDataModule):
         self.resize = resize
         self.T = T
         self.run_dir = run_dir
+        self.canaries = canaries
         self.input_shape, self.num_classes = info.input_shape, info.num_classes
         self.normalization = (list(info.mean), list(info.std))
         # Linked to the model: None for images; for event data the number of frames in each
@@ -177,7 +185,9 @@ class MembershipDataModule(L.LightningDataModule):
         plan = load_or_create_plan(
             self.run_dir, save=save, dataset=self.dataset, pool_size=len(self.pool),
             num_references=self.num_references, seed=self.seed, population=self.population, audit_size=self.audit_size,
-            dataset_identity=self.pool.identity,
+            dataset_identity=self.pool.identity, canaries=self.canaries,
+            **({"pool_labels": self.pool.labels, "num_classes": self.num_classes, "sample": self.pool.images[0]}
+               if self.canaries else {}),
         )
         if save:
             self.plan = plan
@@ -226,6 +236,18 @@ class MembershipDataModule(L.LightningDataModule):
         m = self.index if model_index is None else model_index
         return self._audit_subset(self.membership[m], augment)
 
+    def canary_set(self, only_included: bool = False) -> IndexedImages | None:
+        """The plan's canaries (None without data.canaries): (image, canary label, canary
+        position); `only_included`: those in the target's training set."""
+        plan = self._need_plan()
+        return None if plan.canaries is None else canary_images(plan.canaries, self.pool, only_included)
+
+    @property
+    def canary_included(self) -> torch.Tensor | None:
+        """bool [m]: which canaries the target trains on (None without data.canaries)."""
+        plan = self._need_plan()
+        return None if plan.canaries is None else plan.canaries.included
+
     def nonmember_set(self, model_index: int | None = None) -> IndexedImages:
         m = self.index if model_index is None else model_index
         return self._audit_subset(~self.membership[m], False)
@@ -253,6 +275,8 @@ class MembershipDataModule(L.LightningDataModule):
         epoch_fn = lambda: trainer.current_epoch if trainer else 0  # noqa: E731
         if self.train_seed is not None:
             members.augment_seed = self.train_seed
+        if self.index == 0 and self.plan.canaries is not None:  # the target's included canaries; never a reference's
+            members = Joined(members, self.canary_set(only_included=True))
         model = trainer.lightning_module if trainer is not None else None
         if getattr(model, "poisson_sampling", False):
             # A DP model (model.dp): DP-SGD's accounting assumes that every training sample joins

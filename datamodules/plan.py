@@ -4,8 +4,13 @@ which model's training set, drawn once and persisted with a fingerprint.
 Layout on disk (inside the run directory):
   plan.json  fingerprint + sizes, human-readable, and `content_sha256`, the hash of the
              tensors, checked every time the plan is loaded
-  plan.pt    tensors only (membership, audit_indices, population_indices), read with
+  plan.pt    tensors only (membership, audit_indices, population_indices, and with
+             data.canaries the canary_* tensors of datamodules/canaries.py), read with
              torch.load(weights_only=True) so a shared plan cannot run code.
+
+Canaries (`data.canaries`) add `canaries: {count, kind}` to the fingerprint and their tensors
+(labels, inclusion bits, pool positions or images) to plan.pt, under the same hash; a plan
+without canaries is exactly what it was before they existed.
 
 A plan is never rewritten: a plan.pt without its plan.json, or trained models without a
 plan, is an error, not a reason to draw a new one.
@@ -31,6 +36,7 @@ import torch
 from core.errors import ConfigError, first_line
 from core.rundir import PlanLock, atomic_write, plan_paths, tensors_sha256, trained_model_dirs
 
+from .canaries import Canaries, check_canaries, draw_canaries
 from .identity import describe_difference
 
 PLAN_VERSION = 1
@@ -42,6 +48,7 @@ class Plan:
     audit_indices: torch.Tensor  # int64 [N], positions in the data pool
     population_indices: torch.Tensor  # int64 [Z], positions in the data pool, in no training set
     fingerprint: dict
+    canaries: Canaries | None = None  # data.canaries: only the target trains on (its included) canaries
 
 
 def resolve_population(population: float | int | None, pool_size: int) -> int:
@@ -72,11 +79,21 @@ MIN_AUDIT_SIZE = 4
 
 def make_plan(dataset: str, pool_size: int, num_references: int, seed: int,
               population: float | int | None = None, audit_size: int | None = None,
-              dataset_identity: dict | None = None) -> Plan:
+              dataset_identity: dict | None = None, canaries: dict | None = None,
+              pool_labels: torch.Tensor | None = None, num_classes: int | None = None,
+              sample: torch.Tensor | None = None) -> Plan:
+    """The plan of these settings. With `canaries` ({count, kind}), `pool_labels`, `num_classes`
+    and `sample` (one pool item: the shape and dtype of a noise canary) are needed too."""
     if num_references < 0 or num_references % 2:
         raise ConfigError(f"data.num_references={num_references!r} is not allowed; expected an even integer >= 0")
     z = resolve_population(population, pool_size)
-    n_max = pool_size - z
+    canaries = check_canaries(canaries)
+    # mislabel canaries are pool images set aside: in neither the population nor the audit set
+    reserved = canaries["count"] if canaries and canaries["kind"] == "mislabel" else 0
+    if reserved and reserved > pool_size - z - 2:
+        raise ConfigError(f"data.canaries.count={reserved!r} is not allowed with kind=mislabel: the pool has {pool_size} "
+                          f"samples, {z} of them the population, so at most {pool_size - z - 2} can be canaries")
+    n_max = pool_size - z - reserved
     n = n_max if audit_size is None else audit_size
     if n_max < MIN_AUDIT_SIZE:
         raise ConfigError(f"the pool of {pool_size} samples leaves {n_max} for the audit after the population of {z} "
@@ -113,7 +130,12 @@ def make_plan(dataset: str, pool_size: int, num_references: int, seed: int,
     }
     if dataset_identity is not None:
         fingerprint["dataset_identity"] = dataset_identity
-    return Plan(torch.stack(rows), audit_indices, population_indices, fingerprint)
+    drawn = None
+    if canaries:
+        fingerprint["canaries"] = canaries
+        drawn = draw_canaries(canaries, seed, perm[z + n: z + n + reserved].sort().values if reserved else None,
+                              pool_labels, num_classes, sample)
+    return Plan(torch.stack(rows), audit_indices, population_indices, fingerprint, drawn)
 
 
 def complement(index: int) -> int | None:
@@ -125,8 +147,11 @@ def complement(index: int) -> int | None:
 
 
 def plan_tensors(plan: Plan) -> dict[str, torch.Tensor]:
-    return {"membership": plan.membership, "audit_indices": plan.audit_indices,
-            "population_indices": plan.population_indices}
+    out = {"membership": plan.membership, "audit_indices": plan.audit_indices,
+           "population_indices": plan.population_indices}
+    if plan.canaries is not None:
+        out.update(plan.canaries.tensors())
+    return out
 
 
 def save_plan(plan: Plan, run_dir: str | Path) -> None:
@@ -158,6 +183,11 @@ def load_plan(run_dir: str | Path) -> Plan | None:
         k, n = record["num_references"], record["audit_size"]
         if plan.membership.shape != (1 + k, n) or plan.membership.dtype != torch.bool:
             raise ValueError(f"membership has shape {tuple(plan.membership.shape)}, expected {(1 + k, n)}")
+        if record.get("canaries"):
+            plan.canaries = Canaries.from_tensors(record["canaries"]["kind"], tensors)
+            m = record["canaries"]["count"]
+            if plan.canaries.included.shape != (m,) or plan.canaries.labels.shape != (m,):
+                raise ValueError(f"the canary tensors do not hold the plan's {m} canaries")
     except Exception as err:
         raise ConfigError(f"run_dir={str(run_dir)!r}: the membership plan in {meta} / {data} is unreadable or corrupt "
                           f"({first_line(err)}); restore it or use a new --run_dir") from None
@@ -170,6 +200,8 @@ def load_plan(run_dir: str | Path) -> Plan | None:
 def check_fingerprint(saved: dict, wanted: dict, run_dir: str | Path) -> None:
     diff = [f"{k}: plan has {saved.get(k)!r}, config gives {wanted[k]!r}" for k in wanted
             if k != "dataset_identity" and saved.get(k) != wanted[k]]
+    if saved.get("canaries") and "canaries" not in wanted:  # keys that only a plan with canaries has
+        diff.append(f"canaries: plan has {saved['canaries']!r}, config gives None")
     if saved.get("dataset") == wanted.get("dataset"):  # another dataset's identity says nothing more
         changed = describe_difference(saved.get("dataset_identity"), wanted.get("dataset_identity"))
         if changed:

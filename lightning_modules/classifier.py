@@ -28,6 +28,7 @@ from spikingjelly.activation_based import functional, layer
 from torchmetrics.classification import MulticlassAccuracy
 
 from core.errors import ConfigError, check_choice, check_int, check_number, first_line
+from core.faults import dp_fault
 from core.rundir import read_checkpoint
 from .conversion import INITS, check_convert_mode, initialise
 from .networks import ARCHS, NEURONS, NORMS, SURROGATES, Normalize, build_network
@@ -112,9 +113,10 @@ class Classifier(L.LightningModule):
             norm: the normalisation after each conv: batch (BatchNorm) or group (GroupNorm, per
                 sample); null: group with model.dp, batch without.
             dp: DP-SGD with Opacus (lightning_modules/privacy.py): {epsilon | noise_multiplier,
-                delta, max_grad_norm[, accountant: rdp | prv][, fix_modules: true]}; null trains
-                without DP. fix_modules replaces what DP-SGD cannot train in a user's network
-                (BatchNorm by GroupNorm, Opacus' ModuleValidator.fix).
+                delta, max_grad_norm[, accountant: rdp | prv][, fix_modules: true][, audit_canaries: m]};
+                null trains without DP. fix_modules replaces what DP-SGD cannot train in a user's
+                network (BatchNorm by GroupNorm, Opacus' ModuleValidator.fix). audit_canaries adds m
+                white-box gradient canaries, whose one-run bound is logged as dp/canary_eps_lb.
         """
         super().__init__()
         check_choice("model.kind", kind, KINDS)
@@ -196,7 +198,8 @@ class Classifier(L.LightningModule):
         # accountant. MembershipDataModule reads poisson_sampling to draw Poisson batches.
         if dp_settings and dp_settings.fix_modules:
             self.net = fix_modules(self.net)
-        self.private = PrivateTraining(dp_settings, self.net, time_major=kind == "snn") if dp_settings else None
+        self.private = (PrivateTraining(dp_settings, self.net, time_major=kind == "snn", steps_per_sample=T)
+                        if dp_settings else None)
         self.poisson_sampling = self.private is not None
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -273,7 +276,7 @@ class Classifier(L.LightningModule):
         if self.input_frames is not None:
             return self.net(self.frames_to_steps(x))
         if self.hparams.net is None and self.encoding == "direct" and x.dim() == len(self.input_shape) + 1 \
-                and self._opens_with_conv_norm():
+                and self._opens_with_conv_norm() and not dp_fault("per_step_clip"):  # the fault needs T rows everywhere
             out = self._stem_once(x)
             for module in itertools.islice(self.net, 2, None):  # not net[2:]: that builds a Sequential per call
                 out = module(out)
@@ -383,6 +386,9 @@ class Classifier(L.LightningModule):
     def on_train_epoch_end(self):
         if self.private is not None:  # spent epsilon against the epoch, next to the attack metrics
             self.log("dp/epsilon", self.private.epsilon(), on_step=False, on_epoch=True, prog_bar=True)
+            audit = self.private.canary_audit()
+            if audit is not None:  # the white-box canary bound of this epoch's weights (the final one is the 95% bound)
+                self.log("dp/canary_eps_lb", audit["eps_lb"], on_step=False, on_epoch=True)
 
     def dp_facts(self) -> dict | None:
         """The accountant's epsilon and what it rests on (done.json and the report), or None without DP."""

@@ -1,6 +1,7 @@
 """Differentially private training (DP-SGD, Abadi et al., CCS 2016) of a Classifier, with Opacus.
 
-`model.dp: {epsilon | noise_multiplier, delta, max_grad_norm[, accountant]}`; null trains without DP.
+`model.dp: {epsilon | noise_multiplier, delta, max_grad_norm[, accountant][, audit_canaries]}`; null
+trains without DP.
 
 Opacus does the mechanism: GradSampleModule's hooks compute per-sample gradients; DPOptimizer
 clips each to max_grad_norm, sums them, adds N(0, (noise_multiplier * max_grad_norm)^2) noise and
@@ -18,6 +19,9 @@ through all its T steps. An ANN's layers are batch-first and get the same rules 
 BatchNorm mixes the samples of a batch and has no per-sample gradient: DP needs model.norm=group
 for a built-in network; in a user's network (model.net), model.dp.fix_modules=true replaces it
 (Opacus' ModuleValidator.fix: BatchNorm by GroupNorm) and says what it replaced.
+
+White-box gradient canaries (`audit_canaries: m`, the white-box audit of Steinke, Nasr and
+Jagielski, NeurIPS 2023) audit this mechanism itself: see `GradientCanaries`.
 """
 
 from __future__ import annotations
@@ -38,12 +42,15 @@ from opacus.utils.tensor_utils import unfold2d
 from spikingjelly.activation_based import layer
 from torch import nn
 
-from core.errors import ConfigError, check_choice, check_number
+from attacks import canary_eps_lower_bound
+from core.errors import ConfigError, check_choice, check_int, check_number
+from core.faults import dp_fault
+from core.seeds import derive_seed
 
 # Opacus' hooks on the first layer, whose input (the data) needs no gradient, make torch warn at every step.
 warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed with respect to module outputs")
 
-DP_KEYS = ("epsilon", "noise_multiplier", "delta", "max_grad_norm", "accountant", "fix_modules")
+DP_KEYS = ("epsilon", "noise_multiplier", "delta", "max_grad_norm", "accountant", "fix_modules", "audit_canaries")
 ACCOUNTANTS = ("rdp", "prv")
 
 
@@ -58,13 +65,15 @@ class DPSettings:
     noise_multiplier: float | None = None
     accountant: str = "rdp"
     fix_modules: bool = False  # replace what DP-SGD cannot train (BatchNorm) with Opacus' ModuleValidator.fix
+    audit_canaries: int = 0  # white-box gradient canaries (GradientCanaries); 0: none
 
 
 def check_dp(dp) -> DPSettings | None:
     """model.dp as DPSettings (None: no DP); a bad value is a ConfigError naming its key."""
     if dp is None:
         return None
-    shape = "{epsilon | noise_multiplier, delta, max_grad_norm[, accountant: rdp | prv][, fix_modules: bool]}"
+    shape = ("{epsilon | noise_multiplier, delta, max_grad_norm[, accountant: rdp | prv][, fix_modules: bool]"
+             "[, audit_canaries: int]}")
     if not isinstance(dp, dict):
         raise ConfigError(f"model.dp={dp!r} is not allowed; expected null (no DP) or a mapping {shape}")
     unknown = sorted(str(k) for k in set(dp) - set(DP_KEYS))
@@ -87,8 +96,12 @@ def check_dp(dp) -> DPSettings | None:
     if not isinstance(fix, bool):
         raise ConfigError(f"model.dp.fix_modules={fix!r} is not allowed; expected true (replace the layers DP-SGD "
                           "cannot train, e.g. BatchNorm by GroupNorm) or false")
+    canaries = dp.get("audit_canaries", 0)
+    check_int("model.dp.audit_canaries", canaries, 0, what=" (white-box gradient canaries; 0: none, else at least 2)")
+    if canaries == 1:
+        raise ConfigError("model.dp.audit_canaries=1 is not allowed; the one-run bound needs 0 (no audit) or at least 2")
     return DPSettings(delta=float(dp["delta"]), max_grad_norm=float(dp["max_grad_norm"]), accountant=accountant,
-                      fix_modules=fix, **{given[0]: float(dp[given[0]])})
+                      fix_modules=fix, audit_canaries=canaries, **{given[0]: float(dp[given[0]])})
 
 
 _SAID: set = set()
@@ -154,6 +167,9 @@ def _per_sample(rule):
                     for p in module.parameters(recurse=False) if p.requires_grad}
         if not multi:
             x, backprops = x.unsqueeze(1), backprops.unsqueeze(1)
+        elif dp_fault("per_step_clip"):  # test-only bug: every (sample, step) row becomes a "sample"
+            x, backprops = x.flatten(0, 1).unsqueeze(1), backprops.flatten(0, 1).unsqueeze(1)
+            module.max_batch_len = x.shape[0]  # Opacus sizes its per-sample buffer by this
         return rule(module, x, backprops)
 
     return sampler
@@ -203,14 +219,116 @@ def check_layers(net: nn.Module, time_major: bool) -> None:
                           f"supported: {', '.join(c.__name__ for c in SAMPLERS)} (spikingjelly's layer module)")
 
 
+# -- white-box gradient canaries -----------------------------------------------------------------
+class GradientCanaries:
+    """m Dirac gradient canaries (Steinke, Nasr and Jagielski, NeurIPS 2023, white box).
+
+    Canary i is one coordinate c_i of the flattened trainable parameters (m distinct ones, drawn
+    at random) and a coin b_i: included with probability 1/2, once for the whole training. An
+    included canary is a training "sample" like any other: at each DP step it joins the batch
+    with probability q, the Poisson sampling rate, and then its per-sample gradient enters the
+    batch's per-sample gradients before clipping. That gradient is built the way an SNN's is:
+    one row per time step, each max_grad_norm * e_{c_i}, combined over the T steps by the same
+    rule as the network's samples (summed, then clipped once: a norm of max_grad_norm). So the
+    accountant's epsilon bounds the canaries' privacy too, and a fault in the clipping, the
+    combination over time steps or the noise shows in the canaries.
+
+    After training, canary i's score is how far its coordinate moved against the gradient,
+    theta_start[c_i] - theta_now[c_i]; the one-run bound on (scores, b) is the white-box eps_lb.
+    """
+
+    def __init__(self, count: int, params: list[torch.Tensor], steps_per_sample: int, seed: int):
+        sizes = [p.numel() for p in params]
+        total = sum(sizes)
+        if count > total:
+            raise ConfigError(f"model.dp.audit_canaries={count} is not allowed: the network has {total} trainable "
+                              f"parameters and each canary needs a coordinate of its own; at most {total}")
+        self.count, self.params, self.steps_per_sample, self.seed = count, params, steps_per_sample, seed
+        g = torch.Generator().manual_seed(derive_seed(seed, "gradient canaries"))
+        self.coords = torch.randperm(total, generator=g)[:count].sort().values
+        self.included = torch.rand(count, generator=g) < 0.5
+        self.start: torch.Tensor | None = None  # the coordinates' values before the first DP step
+        offsets = torch.tensor([0, *sizes]).cumsum(0)
+        # per parameter: the canaries whose coordinate is in it, and every coordinate's offset in it
+        self._where = [(((self.coords >= offsets[k]) & (self.coords < offsets[k + 1])).nonzero().squeeze(1),
+                        self.coords - offsets[k]) for k in range(len(params))]
+
+    def values(self) -> torch.Tensor:
+        flat = torch.cat([p.detach().reshape(-1).cpu() for p in self.params])
+        return flat[self.coords].double()
+
+    def rows(self, step: int, sample_rate: float, max_grad_norm: float) -> list[torch.Tensor]:
+        """The per-sample gradient rows of this step's canaries, one tensor [rows, *p.shape] per
+        parameter, combined over the time steps as the network's samples are."""
+        if self.start is None:
+            self.start = self.values()
+        g = torch.Generator().manual_seed(derive_seed(self.seed, "canary step", step))
+        joins = self.included & (torch.rand(self.count, generator=g) < sample_rate)
+        active = joins.nonzero().squeeze(1)  # canary numbers in this batch
+        per_step = self.steps_per_sample
+        out = []
+        for k, (index, local) in enumerate(self._where):
+            p = self.params[k]
+            rows = torch.zeros(len(active), per_step, p.numel(), dtype=p.dtype, device=p.device)
+            mine = torch.isin(active, index)
+            r = mine.nonzero().squeeze(1)
+            rows[r, :, local[active[r]].to(p.device)] = max_grad_norm
+            out.append(combine_steps(rows).reshape(-1, *p.shape))
+        return out
+
+    def audit(self, delta: float) -> dict:
+        """The white-box one-run bound: {count, guesses, correct, eps_lb, delta, k_plus, k_minus}."""
+        scores = (self.start if self.start is not None else self.values()) - self.values()
+        out = canary_eps_lower_bound(scores, self.included, delta=delta)
+        return {k: out[k] for k in ("count", "guesses", "correct", "eps_lb", "delta", "k_plus", "k_minus",
+                                    "confidence")}
+
+    def state_dict(self) -> dict:
+        return {"count": self.count, "seed": self.seed,
+                "start": None if self.start is None else [float(v) for v in self.start]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("count") != self.count or state.get("seed") != self.seed:
+            raise ConfigError(f"model.dp.audit_canaries: the checkpoint's canaries ({state.get('count')}, seed "
+                              f"{state.get('seed')}) are not this run's ({self.count}); keep model.dp of the run")
+        if state.get("start") is not None:
+            self.start = torch.tensor(state["start"], dtype=torch.float64)
+
+
+def combine_steps(rows: torch.Tensor) -> torch.Tensor:
+    """Per-(sample, time step) gradients [n, T, P] -> the rows DP-SGD clips: one per sample, its
+    T steps summed ([n, P]); with the test-only per_step_clip fault, one per (sample, step)."""
+    return rows.flatten(0, 1) if dp_fault("per_step_clip") else rows.sum(1)
+
+
+class _CanaryDPOptimizer(DPOptimizer):
+    """Opacus' DPOptimizer with the canaries' rows added to the per-sample gradients it clips."""
+
+    def __init__(self, *args, canary_rows, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.canary_rows = canary_rows
+
+    def clip_and_accumulate(self):
+        extra = self.canary_rows()
+        for p, rows in zip(self.params, extra):
+            p.grad_sample = torch.cat([self._get_flat_grad_sample(p), rows.to(p.device, p.dtype)])
+        super().clip_and_accumulate()
+
+
 # -- one model's DP training ---------------------------------------------------------------------
 class PrivateTraining:
     """DP-SGD state of one model: the per-sample gradient hooks on its network, the noise, the
     sampling rate and the accountant. `time_major`: the network is an SNN run on [T, B, ...]."""
 
-    def __init__(self, settings: DPSettings, net: nn.Module, time_major: bool):
+    def __init__(self, settings: DPSettings, net: nn.Module, time_major: bool, steps_per_sample: int = 1,
+                 canary_seed: int = 0):
+        """`steps_per_sample`: an SNN's T (a white-box canary's gradient has one row per step);
+        `canary_seed`: where the white-box canaries' coordinates and coins come from."""
         check_layers(net, time_major)
         self.settings = settings
+        self.canaries = (GradientCanaries(settings.audit_canaries, [p for p in net.parameters() if p.requires_grad],
+                                          steps_per_sample if time_major else 1, canary_seed)
+                         if settings.audit_canaries else None)
         # loss_reduction="sum": the training step backpropagates the sum of the per-sample losses,
         # so the hooks' gradients are each sample's own; DPOptimizer divides by the expected batch size.
         try:
@@ -244,11 +362,34 @@ class PrivateTraining:
             self.noise_multiplier = get_noise_multiplier(
                 target_epsilon=self.settings.epsilon, target_delta=self.settings.delta, sample_rate=self.sample_rate,
                 steps=self.planned_steps, accountant=self.settings.accountant)
-        dp_optimizer = DPOptimizer(optimizer, noise_multiplier=self.noise_multiplier,
-                                   max_grad_norm=self.settings.max_grad_norm,
-                                   expected_batch_size=self.expected_batch_size, loss_reduction="mean")
-        dp_optimizer.attach_step_hook(self.accountant.get_optimizer_hook_fn(sample_rate=self.sample_rate))
+        noise = 0.0 if dp_fault("no_noise") else self.noise_multiplier  # the fault: no noise, epsilon as claimed
+        kwargs = dict(noise_multiplier=noise, max_grad_norm=self.settings.max_grad_norm,
+                      expected_batch_size=self.expected_batch_size, loss_reduction="mean")
+        if self.canaries is not None:
+            if not {id(p) for p in self.canaries.params} <= {id(p) for g in optimizer.param_groups for p in g["params"]}:
+                raise ConfigError("model.dp.audit_canaries: the optimizer does not train every parameter of the network")
+            dp_optimizer = _CanaryDPOptimizer(optimizer, canary_rows=lambda: self._canary_rows(dp_optimizer), **kwargs)
+        else:
+            dp_optimizer = DPOptimizer(optimizer, **kwargs)
+
+        def account(optim: DPOptimizer) -> None:  # Opacus' hook, with the claimed noise multiplier
+            self.accountant.step(noise_multiplier=self.noise_multiplier,
+                                 sample_rate=self.sample_rate * optim.accumulated_iterations)
+
+        dp_optimizer.attach_step_hook(account)
         return dp_optimizer
+
+    def _canary_rows(self, optim: DPOptimizer) -> list[torch.Tensor]:
+        """This step's canary rows for each of the optimizer's parameters (zero rows for parameters
+        outside the network)."""
+        rows = dict(zip(map(id, self.canaries.params), self.canaries.rows(self.steps, self.sample_rate,
+                                                                         self.settings.max_grad_norm)))
+        n = next(iter(rows.values())).shape[0]
+        return [rows.get(id(p), torch.zeros(n, *p.shape, dtype=p.dtype, device=p.device)) for p in optim.params]
+
+    def canary_audit(self) -> dict | None:
+        """The white-box canary audit of the network as it is now (None without canaries)."""
+        return None if self.canaries is None else self.canaries.audit(self.settings.delta)
 
     @property
     def steps(self) -> int:
@@ -267,16 +408,21 @@ class PrivateTraining:
         return {"epsilon": self.epsilon(), "delta": s.delta, "noise_multiplier": self.noise_multiplier,
                 "sample_rate": self.sample_rate, "steps": self.steps, "accountant": s.accountant,
                 "max_grad_norm": s.max_grad_norm, "target_epsilon": s.epsilon,
-                "expected_batch_size": self.expected_batch_size}
+                "expected_batch_size": self.expected_batch_size, "audit_canaries": self.canary_audit()}
 
     def state_dict(self) -> dict:
         """For the checkpoint: plain lists, so that torch.load(weights_only=True) reads it."""
-        return {"accountant": self.settings.accountant,
-                "history": [[float(nm), float(q), int(k)] for nm, q, k in self.accountant.history],
-                "settings": asdict(self.settings)}
+        out = {"accountant": self.settings.accountant,
+               "history": [[float(nm), float(q), int(k)] for nm, q, k in self.accountant.history],
+               "settings": asdict(self.settings)}
+        if self.canaries is not None:
+            out["canaries"] = self.canaries.state_dict()
+        return out
 
     def load_state_dict(self, state: dict, label: str = "the checkpoint being resumed") -> None:
         if state.get("accountant") != self.settings.accountant:
             raise ConfigError(f"{label} was accounted with model.dp.accountant={state.get('accountant')!r}, this run "
                               f"asks for {self.settings.accountant!r}; keep the accountant of the run or use a new run_dir")
         self.accountant.history = [tuple(h) for h in state.get("history", [])]
+        if self.canaries is not None and state.get("canaries") is not None:
+            self.canaries.load_state_dict(state["canaries"])

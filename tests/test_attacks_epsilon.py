@@ -161,3 +161,50 @@ def test_bad_scores_and_membership():
         eps_lower_bound(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([True, False]))
     with pytest.raises(ValueError, match="at least 2 samples"):
         eps_lower_bound(torch.tensor([1.0]), torch.tensor([True]))
+
+
+# -- canaries (each included independently with probability 1/2) -------------------------------
+from attacks import canary_eps_lower_bound  # noqa: E402
+
+
+def test_canary_bound_is_zero_for_scores_that_ignore_inclusion():
+    """The null, in the spirit of jax_privacy's fix for pure-noise scores: scores independent of
+    the inclusion bits give eps_lb = 0 in at least 95% of 200 seeded audits. Without the
+    Bonferroni correction over the guess counts, the best of the 10 pairs tried at m = 500
+    gave eps_lb > 0 in 37 of these 200 audits (a blind search inflates the size)."""
+    zeros, positives = 0, []
+    for seed in range(200):
+        g = torch.Generator().manual_seed(seed)
+        included = torch.rand(500, generator=g) < 0.5
+        scores = torch.randn(500, generator=g, dtype=torch.float64)
+        out = canary_eps_lower_bound(scores, included, delta=1e-5)
+        assert out["count"] == 500 and out["candidates"] == 10
+        if out["eps_lb"] == 0:
+            zeros += 1
+        else:
+            positives.append(out["eps_lb"])
+    assert zeros >= 190, f"{200 - zeros} of 200 null audits gave eps_lb > 0: {positives[:5]}"
+
+
+def test_canary_bound_rises_with_the_number_of_perfectly_separated_canaries():
+    bounds = []
+    for m in (20, 100, 1000, 5000):
+        included = torch.arange(m) % 2 == 0
+        out = canary_eps_lower_bound(included.double(), included)  # scores 1 for included, 0 for the rest
+        assert out["correct"] == out["guesses"] > 0
+        bounds.append(out["eps_lb"])
+    assert all(a < b for a, b in zip(bounds, bounds[1:])), bounds
+    assert bounds[0] > 0
+    # 1,000 canaries all guessed right at delta = 0 (500 + 500 guesses): q^1000 = 0.05 / 12 (12 pairs),
+    # eps = logit(q) = 5.20; and delta = 1e-5 caps the same audit (the 2 m delta term).
+    assert bounds[2] == pytest.approx(_logit((0.05 / 12) ** (1 / 1000)), abs=1e-6)
+    half = torch.arange(1000) % 2 == 0
+    capped = canary_eps_lower_bound(half.double(), half, delta=1e-5)
+    assert 0 < capped["eps_lb"] < bounds[2]
+
+
+def test_canary_bound_refuses_bad_input():
+    with pytest.raises(ValueError, match="included"):
+        canary_eps_lower_bound(torch.zeros(4), torch.zeros(3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="delta"):
+        canary_eps_lower_bound(torch.zeros(4), torch.zeros(4, dtype=torch.bool), delta=2)

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from audit import AuditSettings
+from audit.canaries import canary_audit
 from audit.engine import Audit, rotate
 from audit.offline import add_across_targets
 from audit.scoring import setting_name
@@ -84,11 +85,14 @@ def report(tmp_path_factory) -> dict:
     dp = {"epsilon": 1e-3, "delta": 1e-5, "noise_multiplier": 1.0, "max_grad_norm": 1.0, "sample_rate": 0.1,
           "steps": 10, "accountant": "rdp", "scope": "all training"}  # eps_lb above it: a warning
     out = tmp_path_factory.mktemp("layout")
+    included = torch.rand(50, generator=gen) < 0.5
+    canary_dm = SimpleNamespace(canary_included=included, plan=SimpleNamespace(canaries=SimpleNamespace(kind="noise")))
+    canaries = canary_audit(canary_dm, included.double() + 0.1 * torch.rand(50, generator=gen, dtype=torch.float64), 0.0)
     audit.write_report(out, metrics, facts={"kind": "snn", "arch": "cnn", "T": 2}, epoch=0,
                        acc=audit.accuracies(sig[0]["plain"]), history=[],
                        extra_target={"distinct_confidences": {"plain": 1.0}, "dp": dp, "precision": "32-true"},
                        extra_settings={"latencies": [1, 2], "signal_cache": {"hits": 0}},
-                       latency=latency, targets=rotated)
+                       latency=latency, targets=rotated, canary_audit=canaries)
     return json.loads((out / "report.json").read_text())
 
 

@@ -110,8 +110,12 @@ def recorded_plan(run_dir) -> dict | None:
 
 
 def plan_flags(recorded: dict) -> list[str]:
-    """The flags that give the data module the recorded plan's settings."""
-    return [w for key, flag in PLAN_FLAGS.items() for w in (f"--{flag}", shown(recorded[key]))]
+    """The flags that give the data module the recorded plan's settings (data.canaries too,
+    when the plan has canaries)."""
+    flags = [w for key, flag in PLAN_FLAGS.items() for w in (f"--{flag}", shown(recorded[key]))]
+    if recorded.get("canaries"):
+        flags += ["--data.canaries", json.dumps(recorded["canaries"])]
+    return flags
 
 
 def shown(value) -> str:
@@ -123,13 +127,20 @@ def check_plan_flags(cfg, recorded: dict) -> None:
     """A --config file or flag may repeat the recorded plan's settings, not contradict them."""
     for key, flag in PLAN_FLAGS.items():
         given, saved = cfg.data.get(key), recorded[key]
+        canaries = recorded.get("canaries") or {}
+        set_aside = canaries.get("count", 0) if canaries.get("kind") == "mislabel" else 0
         if key == "audit_size" and given is None and saved == recorded.get("pool_size", 0) - \
-                recorded.get("population_size", 0):
+                recorded.get("population_size", 0) - set_aside:
             continue  # null is "the rest of the pool", which is what this plan holds
         if given != saved:
             raise ConfigError(f"--{flag} {shown(given)} contradicts the run directory: {cfg.run_dir}/plan.json "
                               f"records {shown(saved)}; run.py audit reads the plan's settings from the run "
                               f"directory, so leave the flag out (or give {shown(saved)})")
+    given = cfg.data.get("canaries")
+    if given is not None and given != recorded.get("canaries"):
+        raise ConfigError(f"--data.canaries {given!r} contradicts the run directory: {cfg.run_dir}/plan.json records "
+                          f"{recorded.get('canaries')!r}; run.py audit reads the plan's settings from the run "
+                          "directory, so leave the flag out")
 
 
 SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes 64-bit seeds; numpy wraps larger ones
