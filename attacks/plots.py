@@ -38,8 +38,13 @@ def distinct_styles(n: int) -> list[tuple[str, str]]:
 
 
 def plot_roc(curves: dict, path, title: str | None = None, label_metric: str = "tpr@0.1%fpr") -> Path:
-    """One PNG, two panels: ROC on linear and on log-log axes, one line per attack, every line
-    its own colour and style, the legend beside the panels, one title over both.
+    """`roc_figure` saved as one PNG."""
+    return _save(roc_figure(curves, title, label_metric), path)
+
+
+def roc_figure(curves: dict, title: str | None = None, label_metric: str = "tpr@0.1%fpr"):
+    """Two panels: ROC on linear and on log-log axes, one line per attack, every line
+    its own colour and style, the legend below the panels, one title over both.
 
     ``curves`` maps a name to ``(fpr, tpr)`` or to a ``roc_metrics`` dict (then the legend
     also shows its AUC and `label_metric`, TPR at 0.1% FPR by default). Curves that coincide point for point (online
@@ -85,11 +90,16 @@ def plot_roc(curves: dict, path, title: str | None = None, label_metric: str = "
     # below the panels: beside them, a long legend pushed the centred title over one panel only
     fig.legend(*lin.get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=7)
     fig.suptitle(f"ROC: {title}" if title else "ROC")
-    return _save(fig, path)
+    return fig
 
 
 def plot_score_histograms(scores, is_member, path, title: str | None = None, bins: int = 50) -> Path:
-    """Histograms (density, shared bins) of member and non-member scores, one PNG."""
+    """`histogram_figure` saved as one PNG."""
+    return _save(histogram_figure(scores, is_member, title, bins), path)
+
+
+def histogram_figure(scores, is_member, title: str | None = None, bins: int = 50):
+    """Histograms (density, shared bins) of member and non-member scores."""
     s = as_float64("scores", scores, 1)
     y = as_mask("is_member", is_member, tuple(s.shape))
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
@@ -107,4 +117,4 @@ def plot_score_histograms(scores, is_member, path, title: str | None = None, bin
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title)
-    return _save(fig, path)
+    return fig

@@ -165,13 +165,17 @@ def write_report(audit_dir: str | Path, metrics: dict[str, dict], *, attacks: di
 
 
 def plot_latency(series: dict[str, dict], path: Path, title: str | None = None) -> None:
+    """`latency_figure` saved as a PNG (whatever the suffix)."""
+    latency_figure(series, title).savefig(path, dpi=120, format="png")
+
+
+def latency_figure(series: dict[str, dict], title: str | None = None):
     """Two panels, AUC and the lowest-FPR TPR this audit can measure (0.1%, else 1%) against
     the latency t, one line per attack setting: a colour per attack, a line style per query
     strategy; settings whose lines coincide are drawn once and named together; the legend
     below the panels, one title over both. A series with `across_targets` (several targets
     audited) is drawn as the mean over the targets with its 95% error bars, otherwise as the
-    main target's values. Matplotlib's object API on the Agg canvas (no pyplot state); PNG
-    whatever the suffix."""
+    main target's values. Matplotlib's object API on the Agg canvas (no pyplot state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -226,7 +230,7 @@ def plot_latency(series: dict[str, dict], path: Path, title: str | None = None) 
     if across:
         head += f"\nmean over {ns[0] if len(ns) == 1 else f'{ns[0]} to {ns[-1]}'} targets, 95% t-intervals"
     fig.suptitle(head)
-    fig.savefig(path, dpi=120, format="png")
+    return fig
 
 
 def bar_point(x, mean: float, ci) -> tuple:

@@ -328,13 +328,23 @@ class Classifier(L.LightningModule):
 
     # -- training -----------------------------------------------------------------------
     def on_fit_start(self):
-        if self.hparams.init != "converted" or bool(self.init_done):
-            return
+        # With a datamodule the conversion runs before the sanity check; without one
+        # (trainer.fit(model, loader)) the loader reaches the public API only as
+        # trainer.train_dataloader, which Lightning sets after on_fit_start: on_train_start.
+        if self._converting() and self.trainer.datamodule is not None:
+            self._convert(self.trainer.datamodule.train_dataloader(), self.trainer.datamodule)
+
+    def on_train_start(self):
+        if self._converting() and self.trainer.datamodule is None:
+            self._convert(self.trainer.train_dataloader, None)
+
+    def _converting(self) -> bool:
+        """model.init=converted and not converted yet (a resumed or reloaded model was)."""
+        return self.hparams.init == "converted" and not bool(self.init_done)
+
+    def _convert(self, loader, datamodule) -> None:
         if self.private is not None:
             rank_zero_warn(f"model.dp with model.init=converted: epsilon covers the {DP_SCOPE_CONVERTED}")
-        datamodule = self.trainer.datamodule
-        # Without a datamodule (trainer.fit(model, loader)) the loader is only in the fit loop's source.
-        loader = datamodule.train_dataloader() if datamodule is not None else self.trainer.fit_loop._data_source.dataloader()
         summary = initialise(self, loader, datamodule)
         # Every rank calibrated on its own shuffle: take rank 0's result everywhere.
         state = self.trainer.strategy.broadcast({k: v.cpu() for k, v in self.state_dict().items()}, src=0)
@@ -401,7 +411,10 @@ class Classifier(L.LightningModule):
             checkpoint["dp"] = self.private.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        trainer = self._trainer
+        try:
+            trainer = self.trainer
+        except RuntimeError:  # "not attached to a Trainer": a checkpoint loaded outside of fit
+            trainer = None
         if trainer is not None and trainer.state.fn == "fit" and (self.private is None) != ("dp" not in checkpoint):
             # Resuming must keep the accounting whole: a DP run continued without DP (or a plain
             # run continued with DP, its earlier steps unaccounted) would report a wrong epsilon.

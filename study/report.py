@@ -358,12 +358,20 @@ def leakage_epsilon_figure(study: dict):
 
 
 def plot_roc_overlay(study: dict, path: Path) -> None:
-    import matplotlib
+    fig = roc_overlay_figure(study)
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=120))
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+def roc_overlay_figure(study: dict):
+    """ROC_ATTACK's ROC of every entry on log-log axes, one line each (FPR and TPR of 0 drawn at
+    half the smallest positive FPR, where a log axis can show them). Matplotlib's object API on
+    the Agg canvas: no pyplot, so the caller's backend and figures are left alone."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 5), layout="tight")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     positive = [v for e in study["entries"].values() for v in e["curves"].get(ROC_ATTACK, {}).get("fpr", []) if v > 0]
     floor = min(positive) / 2 if positive else 1e-4
     for name, e in study["entries"].items():
@@ -384,12 +392,15 @@ def plot_roc_overlay(study: dict, path: Path) -> None:
     ax.set_title(f"{ROC_ATTACK} ROC, every entry")
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=120))
-    plt.close(fig)
+    return fig
 
 
 def plot_epochs(study: dict, path: Path) -> None:
+    fig = epochs_figure(study)
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=120))
+
+
+def epochs_figure(study: dict):
     """The main target's attack AUC at every audited epoch (the MembershipAttack history), one
     line per entry, the mean over seeds with a band for their 95% interval: how leakage builds
     up during training."""
@@ -427,7 +438,7 @@ def plot_epochs(study: dict, path: Path) -> None:
                  + (f": mean over {len(seeds)} seeds, 95% band" if len(seeds) >= 2 else ""), fontsize=11)
     fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=7)
     ax.grid(alpha=0.3)
-    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=120))
+    return fig
 
 
 def write_study_report(spec: dict, plans: dict, reports: dict[tuple, dict], facts: dict[tuple, dict],

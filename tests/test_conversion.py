@@ -189,3 +189,17 @@ def test_cli_converts_from_an_ann_run_then_chains_T(tmp_path, fast_trainer_args,
     assert model.T == 5 and bool(model.init_done)
     assert run.main(["fit", "--run_dir", str(tmp_path / "bad"), "--model.init_from", str(tmp_path / "none"), *convert]) == 2
     assert "model.init_from=" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_conversion_without_a_datamodule_calibrates_on_the_loader_given_to_fit(trained_ann, tmp_path):
+    """trainer.fit(model, loader): the loader reaches the model through the public
+    trainer.train_dataloader (on_train_start), not through a private fit-loop attribute."""
+    dm, path, x, y, ann_pred = trained_ann
+    torch.manual_seed(0)
+    snn = _converted(dm, path)
+    assert not bool(snn.init_done)
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(snn, train_dataloaders=dm.train_dataloader())
+    assert bool(snn.init_done)
+    assert all(float(m.threshold) > 0 for m in snn.modules() if isinstance(m, ScaledIFNode))

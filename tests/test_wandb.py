@@ -59,3 +59,43 @@ def test_the_targets_audit_is_charted_against_the_epoch(wandb_run):
     assert any(key.startswith("audit/roc_table") for row in target["history"] for key in row)
     assert "final/rmia_offline/auc" in target["summary"]
     assert target["config"]["config"]["data"]["num_references"] == 2  # the resolved run config
+
+
+def _fit_lines(rd, *flags) -> list[str]:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "SLURM_", "SNN_MIA_"))}
+    env.update(WANDB_MODE="offline", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    root = Path(run.__file__).resolve().parent
+    done = subprocess.run([sys.executable, "run.py", "fit", "--run_dir", str(rd), "--data.num_references", "2",
+                           "--trainer.max_epochs", "2", "--model.kind", "ann", "--model.width", "0.25",
+                           "--trainer.enable_progress_bar", "false", *flags], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return (done.stdout + done.stderr).splitlines()
+
+
+@pytest.mark.slow
+def test_a_wandb_fit_prints_at_most_ten_lines_more_than_without_it(tmp_path):
+    """W&B's own console output (a banner, sparklines and a summary per run: 83 more lines for
+    this fit) is off; each model's run gets one line with its name, folder and sync command."""
+    plain = _fit_lines(tmp_path / "plain")
+    logger = "{class_path: lightning.pytorch.loggers.WandbLogger, init_args: {project: mia-test}}"
+    rd = tmp_path / "wb"
+    with_wandb = _fit_lines(rd, "--trainer.logger", logger)
+    extra = len(with_wandb) - len(plain)
+    assert extra <= 10, "\n".join(with_wandb)
+    # Left: one deprecation warning per process, which W&B prints while wandb.init reads the
+    # `anonymous=None` that Lightning's WandbLogger always passes, before any setting applies.
+    wandb_own = [line for line in with_wandb if line.startswith("wandb:")]
+    assert wandb_own in ([], ["wandb: WARNING The anonymous setting has no effect and will be removed in a future "
+                              "version."]), "\n".join(with_wandb)
+    said = [line for line in with_wandb if line.startswith("W&B run ")]
+    assert len(said) == 3, with_wandb  # one per model
+    for k in (0, 1, 2):
+        (folder,) = (rd / f"model_{k}" / "wandb").glob("offline-run-*")
+        line = next(line for line in said if f"/model_{k}:" in line)
+        assert line == f"W&B run {rd.name}/model_{k}: offline in {folder}; upload it with: wandb sync {folder}"

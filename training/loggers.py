@@ -11,6 +11,7 @@ from typing import Any
 
 import csv
 import os
+import sys
 
 from lightning.pytorch.cli import SaveConfigCallback, instantiate_class
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
@@ -100,6 +101,13 @@ def make_logger(spec: Any, run_dir: str | Path, index: int, stage: str | None = 
             for key, value in defaults.items():
                 if init.get(key) in (None, "", "."):
                     init[key] = value
+            if init.get("settings") is None:
+                # W&B's own console output (about 80 lines for a K = 2 fit: a banner, history
+                # sparklines and a summary per run) off; finish_runs prints one line per run
+                # instead. A user's own `settings` is left as given.
+                import wandb
+
+                init["settings"] = wandb.Settings(silent=True)
             if facts:
                 init["config"] = {**facts, **(init.get("config") or {})}
                 tags = [f"{k}={v}" for k, v in facts.items() if k in ("role", "kind", "arch", "T") and v is not None]
@@ -110,8 +118,28 @@ def make_logger(spec: Any, run_dir: str | Path, index: int, stage: str | None = 
 
 def finish_runs(trainer) -> None:
     """End the W&B run of each WandbLogger of `trainer`: a run left open is taken over by the
-    next model's logger in the same process (every model's metrics in one run)."""
+    next model's logger in the same process (every model's metrics in one run). Prints one
+    line per run: its name and where it is (offline: its folder and the command that uploads
+    it), in place of W&B's own output, which make_logger turns off."""
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger) and getattr(logger, "_experiment", None) is not None:
-            logger.experiment.finish()
+            run = logger.experiment
+            line = run_line(run)
+            run.finish()
             logger._experiment = None
+            if line and trainer.is_global_zero:
+                print(line, file=sys.stderr, flush=True)
+
+
+def run_line(run) -> str | None:
+    """`W&B run <name>: <where>` for a wandb Run, or None for a disabled one."""
+    try:
+        settings = run.settings
+        if getattr(settings, "mode", None) == "disabled":
+            return None
+        if getattr(settings, "mode", None) == "offline" or getattr(run, "offline", False):
+            folder = settings.sync_dir
+            return f"W&B run {run.name}: offline in {folder}; upload it with: wandb sync {folder}"
+        return f"W&B run {run.name}: {run.url}"
+    except Exception:  # a line for the user only: never fail a finished training over it
+        return None
