@@ -126,3 +126,32 @@ def test_a_dp_fit_reports_both_canary_audits(tmp_path):
     assert "White-box canary audit of the DP-SGD implementation: 500 Dirac gradient canaries" in md
     assert "Canary audit (black box): 40 noise canaries" in md and "Warning" not in md
     assert json.loads((rd / "model_0" / "done.json").read_text())["dp"]["audit_canaries"]["count"] == 500
+
+
+@pytest.mark.parametrize("fault", ["no_noise", None])
+def test_black_box_noise_canaries_catch_a_missing_noise(tmp_path, monkeypatch, fault):
+    """The black-box canary audit where the setting allows it: 500 noise canaries on digits, an
+    ANN (width 1, 20 epochs; at width 0.5 and 10 epochs the broken run's bound was 0.91, short
+    of the claim) at a claimed epsilon of 1. Without noise the target memorises the included canaries'
+    random labels and the bound passes the claim; with the noise it stays below."""
+    import json
+
+    import run
+
+    if fault:
+        monkeypatch.setenv("SNN_MIA_DP_FAULT", fault)
+    else:
+        monkeypatch.delenv("SNN_MIA_DP_FAULT", raising=False)
+    rd = tmp_path / "run"
+    assert run.main(["fit", "--run_dir", str(rd), "--trainer.enable_progress_bar", "false",
+                     "--trainer.enable_model_summary", "false", "--data.num_references", "0",
+                     "--model.kind", "ann", "--trainer.max_epochs", "20", "--model.optimizer", "sgd",
+                     "--model.lr", "0.5", "--model.dp", "{epsilon: 1, delta: 1e-5, max_grad_norm: 1.0}",
+                     "--data.canaries", "{count: 500, kind: noise}"]) == 0
+    report = json.loads((rd / "audit" / "report.json").read_text())
+    eps, canary = report["target"]["dp"]["epsilon"], report["canary_audit"]
+    if fault:
+        assert canary["eps_lb"] > eps, (eps, canary)
+        assert any("canary_audit" in w for w in report["warnings"])
+    else:
+        assert canary["eps_lb"] <= eps, (eps, canary)
