@@ -65,6 +65,27 @@ def checkpoint_canary_audit(dm, run_dir, done: dict, settings, device=None) -> d
     return canary_audit(dm, canary_scores(model, dm), dp["delta"] if dp else settings.eps_delta)
 
 
+def whitebox_canary_audit(model) -> dict | None:
+    """The white-box one-run bound of a DP-SGD model's gradient canaries (`model.dp.audit_canaries`)
+    as its weights are now: {count, guesses, correct, eps_lb, delta, k_plus, k_minus, confidence},
+    or None without them."""
+    private = getattr(model, "private", None)
+    raw = private.canary_scores() if private is not None else None
+    if raw is None:
+        return None
+    scores, included, delta = raw
+    out = canary_eps_lower_bound(scores, included, delta=delta)
+    return {k: out[k] for k in ("count", "guesses", "correct", "eps_lb", "delta", "k_plus", "k_minus", "confidence")}
+
+
+def dp_facts_with_canaries(model) -> dict | None:
+    """The model's DP facts (`dp_facts`) with its white-box canary audit as `audit_canaries`."""
+    facts = model.dp_facts() if callable(getattr(model, "dp_facts", None)) else None
+    if facts is not None:
+        facts = {**facts, "audit_canaries": whitebox_canary_audit(model)}
+    return facts
+
+
 def canary_delta(model, settings) -> float:
     """The delta of the canary bound: a DP target's own delta (so that the bound and the
     accountant's epsilon speak of the same delta), else the audit's eps_delta."""

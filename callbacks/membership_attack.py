@@ -30,7 +30,7 @@ import lightning as L
 
 from attacks import eps_lower_bound
 from audit import LOGGED, Audit, AuditSettings, model_facts
-from audit.canaries import canary_audit, canary_delta, canary_scores
+from audit.canaries import canary_audit, canary_delta, canary_scores, dp_facts_with_canaries
 from audit.attacks import AttackContext
 from audit.cache import cached_signals, store_signals
 from audit.engine import TRAIN_REFERENCES, rotate
@@ -280,7 +280,7 @@ class MembershipAttack(L.Callback):
         report = self.audit.write_report(
             audit_dir(dm.run_dir), self.last_metrics, facts=model_facts(pl_module.hparams),
             epoch=last["epoch"], acc={k: last[k] for k in ("train_acc", "test_acc", "acc_gap")},
-            history=self.history, extra_target={"dp": getattr(pl_module, "dp_facts", lambda: None)(),
+            history=self.history, extra_target={"dp": dp_facts_with_canaries(pl_module),
                                                 "precision": str(trainer.precision)},
             targets=targets, canary_audit=self.last_canary_audit)
         if self.print_table:

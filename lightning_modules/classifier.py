@@ -396,9 +396,6 @@ class Classifier(L.LightningModule):
     def on_train_epoch_end(self):
         if self.private is not None:  # spent epsilon against the epoch, next to the attack metrics
             self.log("dp/epsilon", self.private.epsilon(), on_step=False, on_epoch=True, prog_bar=True)
-            audit = self.private.canary_audit()
-            if audit is not None:  # the white-box canary bound of this epoch's weights (the final one is the 95% bound)
-                self.log("dp/canary_eps_lb", audit["eps_lb"], on_step=False, on_epoch=True)
 
     def dp_facts(self) -> dict | None:
         """The accountant's epsilon and what it rests on (done.json and the report), or None without DP."""

@@ -42,7 +42,6 @@ from opacus.utils.tensor_utils import unfold2d
 from spikingjelly.activation_based import layer
 from torch import nn
 
-from attacks import canary_eps_lower_bound
 from core.errors import ConfigError, check_choice, check_int, check_number
 from core.faults import dp_fault
 from core.seeds import derive_seed
@@ -276,12 +275,11 @@ class GradientCanaries:
             out.append(combine_steps(rows).reshape(-1, *p.shape))
         return out
 
-    def audit(self, delta: float) -> dict:
-        """The white-box one-run bound: {count, guesses, correct, eps_lb, delta, k_plus, k_minus}."""
-        scores = (self.start if self.start is not None else self.values()) - self.values()
-        out = canary_eps_lower_bound(scores, self.included, delta=delta)
-        return {k: out[k] for k in ("count", "guesses", "correct", "eps_lb", "delta", "k_plus", "k_minus",
-                                    "confidence")}
+    def scores(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(each canary's score: how far its coordinate moved against its gradient since the first
+        step, [m]; its inclusion bit, [m] bool). The bound from them is computed above this package
+        (audit/canaries.py `whitebox_canary_audit`): models do not import the attack math."""
+        return (self.start if self.start is not None else self.values()) - self.values(), self.included
 
     def state_dict(self) -> dict:
         return {"count": self.count, "seed": self.seed,
@@ -387,9 +385,10 @@ class PrivateTraining:
         n = next(iter(rows.values())).shape[0]
         return [rows.get(id(p), torch.zeros(n, *p.shape, dtype=p.dtype, device=p.device)) for p in optim.params]
 
-    def canary_audit(self) -> dict | None:
-        """The white-box canary audit of the network as it is now (None without canaries)."""
-        return None if self.canaries is None else self.canaries.audit(self.settings.delta)
+    def canary_scores(self) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+        """(scores, inclusion bits, delta) of the white-box canaries as the network is now, or None
+        without them (audit/canaries.py `whitebox_canary_audit` turns them into the bound)."""
+        return None if self.canaries is None else (*self.canaries.scores(), self.settings.delta)
 
     @property
     def steps(self) -> int:
@@ -408,7 +407,7 @@ class PrivateTraining:
         return {"epsilon": self.epsilon(), "delta": s.delta, "noise_multiplier": self.noise_multiplier,
                 "sample_rate": self.sample_rate, "steps": self.steps, "accountant": s.accountant,
                 "max_grad_norm": s.max_grad_norm, "target_epsilon": s.epsilon,
-                "expected_batch_size": self.expected_batch_size, "audit_canaries": self.canary_audit()}
+                "expected_batch_size": self.expected_batch_size}
 
     def state_dict(self) -> dict:
         """For the checkpoint: plain lists, so that torch.load(weights_only=True) reads it."""

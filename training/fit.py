@@ -33,6 +33,8 @@ from lightning.pytorch.cli import instantiate_class
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerStatus
 
+from audit.canaries import dp_facts_with_canaries
+from callbacks import WhiteBoxCanaryLog
 from core.errors import ConfigError
 from core.faults import kill_point
 from core.rundir import (ModelLock, checkpoint_path, damaged, done_path, file_sha256, finished_models, model_dir,
@@ -104,6 +106,7 @@ def own_callbacks(cfg, index: int) -> list:
         out.append(EpochSeeds(int(cfg.seed_everything) + index, index))
     if cfg.trainer.get("enable_progress_bar") is not False:
         out.append(EpochProgress(f"model_{index}"))
+    out.append(WhiteBoxCanaryLog())  # dp/canary_eps_lb per epoch; nothing without model.dp.audit_canaries
     return out
 
 
@@ -322,7 +325,7 @@ def train_model(trainer, model, datamodule, cfg, ckpt_path=None) -> None:
             # What the run gave its references, so a later step (the study) reads facts, not flags.
             "references": dict(cfg.references) if cfg.references else None,
             # DP-SGD: the accountant's epsilon and what it rests on (None without model.dp).
-            "dp": model.dp_facts(),
+            "dp": dp_facts_with_canaries(model),
             "plan": datamodule.plan.fingerprint, "hparams": {k: _plain(v) for k, v in hp.items()},
             "training": training_facts(trainer, datamodule, cfg)})
         for p in requeue_checkpoints(run_dir, index):  # done: a requeue checkpoint is never resumed again
