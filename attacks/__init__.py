@@ -8,9 +8,12 @@ scores.py   Attack-P, Attack-R, LiRA, reference ratio;  rmia.py  RMIA
 metrics.py  exact ROC, AUC, TPR at low FPR;  plots.py  ROC and histogram PNGs
 intervals.py  error bars: bootstrap and DeLong intervals of the ROC metrics, t-intervals over
               targets, paired differences and their verdicts
+access.py   the SNN-native access levels: label-only, Gaussian likelihood ratio over a
+            feature vector, reference-trained classifier, LiRA over time steps
 epsilon.py  empirical epsilon lower bound from one training run (Steinke, Nasr, Jagielski)
 """
 
+from .access import gaussian_fit, gaussian_lr, label_only, reference_classifier, steps_lira
 from .collect import query_logits, query_signals, query_signals_by_latency
 from .epsilon import eps_lower_bound, p_value
 from .intervals import (
@@ -37,6 +40,7 @@ __all__ = [
     "EventDrop", "EventJitter", "event_drop", "event_jitter",
     "query_logits", "query_signals", "query_signals_by_latency",
     "attack_p", "attack_r", "rmia", "lira", "reference_ratio",
+    "label_only", "gaussian_lr", "gaussian_fit", "reference_classifier", "steps_lira",
     "roc_metrics", "downsample_roc", "FPR_LEVELS",
     "roc_intervals", "roc_bootstrap", "delong_auc_interval", "measurable", "resolution_note",
     "mean_interval", "paired_difference", "verdict",
