@@ -371,3 +371,37 @@ def test_lean_lif_records_the_same_v_seq_as_spikingjelly():
     functional.reset_net(lean)
     lean(x)
     assert lean.v_seq is None
+
+
+def test_query_split_shards_and_merges_the_levels_as_ddp_ranks_would():
+    """audit/signals.py's query_split with three ranks played in turn (ranks 1 and 2 hand their
+    shards over first, rank 0 gathers and merges): the levels and their reasons survive."""
+    from audit.signals import query_split
+
+    class Played:
+        sharded, world_size = True, 3
+
+        def __init__(self, rank, box):
+            self.rank, self.box = rank, box
+            self.is_zero = rank == 0
+
+        def gather(self, obj):
+            self.box[self.rank] = obj
+            return [self.box[r] for r in range(3)] if self.is_zero else None
+
+    model = Classifier(kind="snn", T=2, width=0.25)
+    loader = DataLoader(Indexed(30, 0), batch_size=8)
+    whole = query_split(model, loader, "plain", levels=LEVELS)[None]
+    box = {}
+    assert query_split(model, loader, "plain", ranks=Played(2, box), levels=LEVELS) is None
+    assert query_split(model, loader, "plain", ranks=Played(1, box), levels=LEVELS) is None
+    merged = query_split(model, loader, "plain", ranks=Played(0, box), levels=LEVELS)[None]
+    assert set(merged) == set(whole) == {"rescaled_logit", "correct", *LEVELS}
+    for key in whole:
+        torch.testing.assert_close(merged[key], whole[key], rtol=1e-5, atol=1e-5)
+    ann = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.ReLU(), nn.Linear(10, 10))
+    box = {}
+    for rank in (2, 1):
+        query_split(ann, loader, "plain", ranks=Played(rank, box), levels=LEVELS)
+    merged = query_split(ann, loader, "plain", ranks=Played(0, box), levels=LEVELS)[None]
+    assert set(merged["unavailable"]) == {"steps", "membrane"} and merged["spikes"].shape == (1, 1, 30)
