@@ -32,8 +32,8 @@ class TinySNN(nn.Module):
     def __init__(self, T=3, seed=0):
         super().__init__()
         torch.manual_seed(seed)
-        self.net = nn.Sequential(layer.Flatten(), layer.Linear(16, 12), neuron.IFNode(surrogate_function=surrogate.ATan()),
-                                 layer.Linear(12, 8),
+        self.net = nn.Sequential(layer.Flatten(), layer.Linear(16, 12),
+                                 neuron.IFNode(surrogate_function=surrogate.ATan()), layer.Linear(12, 8),
                                  LeanLIFNode(tau=2.0, surrogate_function=surrogate.ATan(), detach_reset=True),
                                  layer.Linear(8, 3))
         functional.set_step_mode(self.net, "m")
@@ -86,7 +86,8 @@ def test_hooked_signals_match_a_manual_computation_and_leave_nothing_behind():
     loader, x, y = loader_of()
     got = query_signals(model, loader, "plain", levels=LEVELS)
     spikes, membrane, steps = manual(model, x, y)
-    assert got["spikes"].shape == (1, 2, 20) and got["membrane"].shape == (1, 4, 20) and got["steps"].shape == (1, 3, 20)
+    assert got["spikes"].shape == (1, 2, 20) and got["membrane"].shape == (1, 4, 20)
+    assert got["steps"].shape == (1, 3, 20)
     assert got["spikes"].dtype == got["membrane"].dtype == got["steps"].dtype == torch.float32
     assert got["spikes"].sum() > 0 and got["spikes"][0, 1].sum() > 0  # both layers fire: a real check
     torch.testing.assert_close(got["spikes"][0], spikes.float())
@@ -326,7 +327,8 @@ def test_level_reasons_for_a_network_without_a_step_readout():
 
     reasons = level_reasons(MeanOnly(), LEVELS)
     assert reasons["steps"].startswith("the network returns logits [B, classes]") and reasons["spikes"] is None
-    assert level_reasons(nn.Sequential(), ["spikes"]) == {"spikes": "no activation modules (nn.ReLU and kin) in the network"}
+    assert level_reasons(nn.Sequential(), ["spikes"]) == \
+        {"spikes": "no activation modules (nn.ReLU and kin) in the network"}
 
 
 # -- users' networks --------------------------------------------------------------------------
