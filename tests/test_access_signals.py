@@ -407,3 +407,18 @@ def test_query_split_shards_and_merges_the_levels_as_ddp_ranks_would():
         query_split(ann, loader, "plain", ranks=Played(rank, box), levels=LEVELS)
     merged = query_split(ann, loader, "plain", ranks=Played(0, box), levels=LEVELS)[None]
     assert set(merged["unavailable"]) == {"steps", "membrane"} and merged["spikes"].shape == (1, 1, 30)
+
+
+def test_the_training_callback_records_and_caches_the_levels_its_attacks_read(tmp_path):
+    rd = tmp_path / "run"
+    attacks = "[label_only, spikes_gaussian, membrane_classifier]"
+    assert run.main(["fit", "--run_dir", str(rd), *SMALL, "--trainer.max_epochs", "1",
+                     "--trainer.callbacks.attacks", attacks, *QUIET]) == 0
+    report = json.loads((rd / "audit" / "report.json").read_text())
+    assert {n: r["access"] for n, r in report["attacks"].items()} == \
+        {"label_only": "label", "spikes_gaussian": "spikes", "membrane_classifier": "membrane"}
+    for k in range(5):  # the references' levels cached when the callback queried them, the target's at the end
+        assert (rd / f"model_{k}" / "signals" / "plain__T2__seed0__spikes.json").is_file()
+        assert not (rd / f"model_{k}" / "signals" / "plain__T2__seed0__steps.json").exists()  # not asked
+    audit_all(rd, "--attacks", attacks)
+    assert json.loads((rd / "audit" / "report.json").read_text())["settings"]["signal_cache"] == {"hits": 5}
