@@ -422,3 +422,23 @@ def test_the_training_callback_records_and_caches_the_levels_its_attacks_read(tm
         assert not (rd / f"model_{k}" / "signals" / "plain__T2__seed0__steps.json").exists()  # not asked
     audit_all(rd, "--attacks", attacks)
     assert json.loads((rd / "audit" / "report.json").read_text())["settings"]["signal_cache"] == {"hits": 5}
+
+
+def test_spikes_of_a_scaled_if_node_count_spikes_not_their_amplitude():
+    from lightning_modules.networks import ScaledIFNode
+
+    class Scaled(TinySNN):
+        def __init__(self):
+            super().__init__()
+            node = ScaledIFNode(surrogate_function=surrogate.ATan())
+            node.threshold.fill_(0.37)  # spikes of amplitude 0.37
+            self.net[2] = node
+            functional.set_step_mode(self.net, "m")
+
+    model = Scaled()
+    loader, x, _ = loader_of()
+    seen = []
+    handle = model.net[2].register_forward_hook(lambda m, i, o: seen.append((o != 0).flatten(2).sum((0, 2))))
+    out = query_signals(model, loader, "plain", levels=("spikes",))
+    handle.remove()
+    assert torch.equal(out["spikes"][0, 0], torch.cat(seen).float()) and out["spikes"][0, 0].sum() > 0
