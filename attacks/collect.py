@@ -203,7 +203,8 @@ def _level_signals(levels, out: Tensor, logits: Tensor, y: Tensor, recorded, t: 
             got = [r.get("membrane") for r in recorded]
             z_y = logits.gather(-1, y.expand(Q, B).unsqueeze(-1)).squeeze(-1)
             res.append(torch.stack([membrane_at(g, z_y[q], t) for q, g in enumerate(got)])
-                       if all(g is not None for g in got) else torch.full((Q, 4, B), float("nan"), device=logits.device))
+                       if all(g is not None for g in got)
+                       else torch.full((Q, 4, B), float("nan"), device=logits.device))
     return tuple(res)
 
 

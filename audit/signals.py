@@ -44,7 +44,8 @@ def query_split(model, loader: DataLoader, strategy, latencies=None, *, seed: in
         signals = {None: query_signals(model, loader, strategy, **kwargs)}
     else:
         signals = query_signals_by_latency(model, loader, strategy, latencies, **kwargs)
-    kept = {t: {k: s[k] for k in (*keys, *levels, *(["seen"] if sharded else [])) if k in s} for t, s in signals.items()}
+    wanted = (*keys, *levels, *(["seen"] if sharded else []))
+    kept = {t: {k: s[k] for k in wanted if k in s} for t, s in signals.items()}
     reasons = {t: s.get("unavailable") for t, s in signals.items()}
     if not sharded:
         return {t: {**s, **({"unavailable": reasons[t]} if reasons[t] else {})} for t, s in kept.items()}

@@ -32,8 +32,8 @@ class TinySNN(nn.Module):
     def __init__(self, T=3, seed=0):
         super().__init__()
         torch.manual_seed(seed)
-        self.net = nn.Sequential(layer.Flatten(), layer.Linear(16, 12), neuron.IFNode(surrogate_function=surrogate.ATan()),
-                                 layer.Linear(12, 8),
+        self.net = nn.Sequential(layer.Flatten(), layer.Linear(16, 12),
+                                 neuron.IFNode(surrogate_function=surrogate.ATan()), layer.Linear(12, 8),
                                  LeanLIFNode(tau=2.0, surrogate_function=surrogate.ATan(), detach_reset=True),
                                  layer.Linear(8, 3))
         functional.set_step_mode(self.net, "m")
@@ -86,7 +86,8 @@ def test_hooked_signals_match_a_manual_computation_and_leave_nothing_behind():
     loader, x, y = loader_of()
     got = query_signals(model, loader, "plain", levels=LEVELS)
     spikes, membrane, steps = manual(model, x, y)
-    assert got["spikes"].shape == (1, 2, 20) and got["membrane"].shape == (1, 4, 20) and got["steps"].shape == (1, 3, 20)
+    assert got["spikes"].shape == (1, 2, 20) and got["membrane"].shape == (1, 4, 20)
+    assert got["steps"].shape == (1, 3, 20)
     assert got["spikes"].dtype == got["membrane"].dtype == got["steps"].dtype == torch.float32
     assert got["spikes"].sum() > 0 and got["spikes"][0, 1].sum() > 0  # both layers fire: a real check
     torch.testing.assert_close(got["spikes"][0], spikes.float())
@@ -326,7 +327,8 @@ def test_level_reasons_for_a_network_without_a_step_readout():
 
     reasons = level_reasons(MeanOnly(), LEVELS)
     assert reasons["steps"].startswith("the network returns logits [B, classes]") and reasons["spikes"] is None
-    assert level_reasons(nn.Sequential(), ["spikes"]) == {"spikes": "no activation modules (nn.ReLU and kin) in the network"}
+    assert level_reasons(nn.Sequential(), ["spikes"]) == \
+        {"spikes": "no activation modules (nn.ReLU and kin) in the network"}
 
 
 # -- users' networks --------------------------------------------------------------------------
@@ -371,3 +373,72 @@ def test_lean_lif_records_the_same_v_seq_as_spikingjelly():
     functional.reset_net(lean)
     lean(x)
     assert lean.v_seq is None
+
+
+def test_query_split_shards_and_merges_the_levels_as_ddp_ranks_would():
+    """audit/signals.py's query_split with three ranks played in turn (ranks 1 and 2 hand their
+    shards over first, rank 0 gathers and merges): the levels and their reasons survive."""
+    from audit.signals import query_split
+
+    class Played:
+        sharded, world_size = True, 3
+
+        def __init__(self, rank, box):
+            self.rank, self.box = rank, box
+            self.is_zero = rank == 0
+
+        def gather(self, obj):
+            self.box[self.rank] = obj
+            return [self.box[r] for r in range(3)] if self.is_zero else None
+
+    model = Classifier(kind="snn", T=2, width=0.25)
+    loader = DataLoader(Indexed(30, 0), batch_size=8)
+    whole = query_split(model, loader, "plain", levels=LEVELS)[None]
+    box = {}
+    assert query_split(model, loader, "plain", ranks=Played(2, box), levels=LEVELS) is None
+    assert query_split(model, loader, "plain", ranks=Played(1, box), levels=LEVELS) is None
+    merged = query_split(model, loader, "plain", ranks=Played(0, box), levels=LEVELS)[None]
+    assert set(merged) == set(whole) == {"rescaled_logit", "correct", *LEVELS}
+    for key in whole:
+        torch.testing.assert_close(merged[key], whole[key], rtol=1e-5, atol=1e-5)
+    ann = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.ReLU(), nn.Linear(10, 10))
+    box = {}
+    for rank in (2, 1):
+        query_split(ann, loader, "plain", ranks=Played(rank, box), levels=LEVELS)
+    merged = query_split(ann, loader, "plain", ranks=Played(0, box), levels=LEVELS)[None]
+    assert set(merged["unavailable"]) == {"steps", "membrane"} and merged["spikes"].shape == (1, 1, 30)
+
+
+def test_the_training_callback_records_and_caches_the_levels_its_attacks_read(tmp_path):
+    rd = tmp_path / "run"
+    attacks = "[label_only, spikes_gaussian, membrane_classifier]"
+    assert run.main(["fit", "--run_dir", str(rd), *SMALL, "--trainer.max_epochs", "1",
+                     "--trainer.callbacks.attacks", attacks, *QUIET]) == 0
+    report = json.loads((rd / "audit" / "report.json").read_text())
+    assert {n: r["access"] for n, r in report["attacks"].items()} == \
+        {"label_only": "label", "spikes_gaussian": "spikes", "membrane_classifier": "membrane"}
+    for k in range(5):  # the references' levels cached when the callback queried them, the target's at the end
+        assert (rd / f"model_{k}" / "signals" / "plain__T2__seed0__spikes.json").is_file()
+        assert not (rd / f"model_{k}" / "signals" / "plain__T2__seed0__steps.json").exists()  # not asked
+    audit_all(rd, "--attacks", attacks)
+    assert json.loads((rd / "audit" / "report.json").read_text())["settings"]["signal_cache"] == {"hits": 5}
+
+
+def test_spikes_of_a_scaled_if_node_count_spikes_not_their_amplitude():
+    from lightning_modules.networks import ScaledIFNode
+
+    class Scaled(TinySNN):
+        def __init__(self):
+            super().__init__()
+            node = ScaledIFNode(surrogate_function=surrogate.ATan())
+            node.threshold.fill_(0.37)  # spikes of amplitude 0.37
+            self.net[2] = node
+            functional.set_step_mode(self.net, "m")
+
+    model = Scaled()
+    loader, x, _ = loader_of()
+    seen = []
+    handle = model.net[2].register_forward_hook(lambda m, i, o: seen.append((o != 0).flatten(2).sum((0, 2))))
+    out = query_signals(model, loader, "plain", levels=("spikes",))
+    handle.remove()
+    assert torch.equal(out["spikes"][0, 0], torch.cat(seen).float()) and out["spikes"][0, 0].sum() > 0

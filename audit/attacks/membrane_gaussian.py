@@ -10,7 +10,8 @@ from ._access import GAUSSIAN_PAPER, gaussian, too_few
 @register
 class MembraneGaussian(Attack):
     name = "membrane_gaussian"
-    description = "Gaussian likelihood ratio over the membrane summary (readout z_y; last layer's mean, std, max), shared covariance"
+    description = ("Gaussian likelihood ratio over the membrane summary (readout z_y; last layer's mean, std, max), "
+                   "shared covariance")
     paper = GAUSSIAN_PAPER
     access = "membrane"
     signals = ("membrane",)
