@@ -118,7 +118,7 @@ def list_samples(name: str, root: str | Path) -> tuple[list, list[Path]]:
             try:
                 rows = np.loadtxt(csv, dtype=np.int64, delimiter=",", skiprows=1, ndmin=2)
                 if rows.shape[1] != 3 or not ((rows[:, 0] >= 1) & (rows[:, 0] <= len(spec.classes))).all():
-                    raise ValueError(f"expected rows 'class,startTime_usec,endTime_usec' with class in 1..11")
+                    raise ValueError("expected rows 'class,startTime_usec,endTime_usec' with class in 1..11")
             except ValueError as err:
                 raise ConfigError(f"data.root={str(root)!r}: {csv} is not a DVS128 Gesture labels file "
                                   f"({first_line(err)})") from None

@@ -1,11 +1,9 @@
 """run.py through its argument list, as a user would type it."""
 
-from pathlib import Path
-
 import pytest
 
 import run
-from training.cli import ROOT, cli_main
+
 
 def test_fit_end_to_end_on_digits(tmp_path, fast_trainer_args, capsys):
     rd = tmp_path / "run"

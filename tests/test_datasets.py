@@ -1,6 +1,5 @@
 """Dataset readers on small files the tests write (no network here)."""
 
-import gzip
 import pickle
 import struct
 from pathlib import Path
