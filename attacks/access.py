@@ -53,14 +53,20 @@ def _as_flags(name: str, x, ndim: int) -> Tensor:
     return as_mask(name, x, tuple(x.shape))
 
 
+def _check_refs(t: Tensor, r: Tensor, what: str) -> None:
+    """`{what}_refs` [K, A, N] with K >= 1 matches `{what}_target` [A, N] (ValueError otherwise)."""
+    if r.shape[1:] != t.shape or r.shape[0] == 0:
+        a, n = t.shape
+        raise ValueError(f"{what}_refs must have shape [K, {a}, {n}] with K >= 1 to match {what}_target "
+                         f"[{a}, {n}], got {tuple(r.shape)}")
+
+
 def _features(x_target, x_refs, ref_in, what: str = "x"):
     """(x [F, N], refs [K, F, N], ref_in [K, N]) after shape checks."""
     t = as_float64(f"{what}_target", x_target, 2)
     r = as_float64(f"{what}_refs", x_refs, 3)
     f, n = t.shape
-    if r.shape[1:] != t.shape or r.shape[0] == 0:
-        raise ValueError(f"{what}_refs must have shape [K, {f}, {n}] with K >= 1 to match {what}_target "
-                         f"[{f}, {n}], got {tuple(r.shape)}")
+    _check_refs(t, r, what)
     if f == 0 or n == 0:
         raise ValueError(f"{what}_target must hold at least one feature and one sample, got shape {tuple(t.shape)}")
     return t, r, as_mask("ref_in", ref_in, (r.shape[0], n))
@@ -97,9 +103,7 @@ def label_only(correct_target, correct_refs, ref_in) -> Tensor:
     t = _as_flags("correct_target", correct_target, 2)
     r = _as_flags("correct_refs", correct_refs, 3)
     q, n = t.shape
-    if r.shape[1:] != t.shape or r.shape[0] == 0:
-        raise ValueError(f"correct_refs must have shape [K, {q}, {n}] with K >= 1 to match correct_target "
-                         f"[{q}, {n}], got {tuple(r.shape)}")
+    _check_refs(t, r, "correct")
     if q == 0:
         raise ValueError("correct_target must hold at least one query (Q >= 1), got Q = 0")
     out = ~as_mask("ref_in", ref_in, (r.shape[0], n))
@@ -282,9 +286,7 @@ def steps_lira(steps_target, steps_refs, ref_in, *, fix_variance: bool | None = 
     t = as_float64("steps_target", steps_target, 2)
     r = as_float64("steps_refs", steps_refs, 3)
     steps, n = t.shape
-    if r.shape[1:] != t.shape or r.shape[0] == 0:
-        raise ValueError(f"steps_refs must have shape [K, {steps}, {n}] with K >= 1 to match steps_target "
-                         f"[{steps}, {n}], got {tuple(r.shape)}")
+    _check_refs(t, r, "steps")
     if steps == 0:
         raise ValueError("steps_target must hold at least one time step (T >= 1), got T = 0")
     if fix_variance is not None and not isinstance(fix_variance, bool):
