@@ -211,9 +211,9 @@ class MembershipAttack(L.Callback):
                 target = compute_signals(model, dm, s, seed=self.settings.query_seed, device=model.device,
                                          progress=self._bars, audit_positions=self.audit.positions, ranks=ranks,
                                          levels=self.audit.levels)
+            kill_point(f"audit:model_{dm.index}:epoch_{model.current_epoch}")  # kill tests only (every rank)
             if target is None:  # a rank other than 0: its shard is gathered on rank 0
                 continue
-            kill_point(f"audit:model_{dm.index}:epoch_{model.current_epoch}")  # kill tests only
             if acc is None:
                 acc = self.audit.accuracies(target)
             self.last_target_signals[s.name] = signals[s.name] = target

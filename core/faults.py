@@ -7,7 +7,10 @@ Points: `batch:model_<k>:<epoch>:<batch>` (after a training batch), `audit:model
 (inside an epoch's audit, after the target's first query pass), `fitted:model_<k>` (after a
 model's training returned, before its done.json) and `write:<path>` (inside an atomic write,
 after the temporary file is written and before it replaces <path>). Unset, the check costs
-two dictionary lookups."""
+two dictionary lookups.
+
+Under DDP every rank reaches the points; SNN_MIA_KILL_RANK=<r> restricts the kill to global
+rank r (the DDP kill matrix kills one rank and lets the others see it die)."""
 
 from __future__ import annotations
 
@@ -18,9 +21,19 @@ import sys
 import time
 
 
+def _this_rank(wanted: str | None) -> bool:
+    """Whether this process is global rank `wanted` (None: any rank)."""
+    if wanted is None:
+        return True
+    import torch.distributed as dist
+
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else int(os.environ.get("RANK", 0))
+    return rank == int(wanted)
+
+
 def kill_point(name: str) -> None:
     pattern = os.environ.get("SNN_MIA_KILL_AT")
-    if pattern and fnmatch.fnmatchcase(name, pattern):
+    if pattern and fnmatch.fnmatchcase(name, pattern) and _this_rank(os.environ.get("SNN_MIA_KILL_RANK")):
         os.kill(os.getpid(), signal.SIGKILL)
     pause = os.environ.get("SNN_MIA_PAUSE_AT")
     if pause and fnmatch.fnmatchcase(name, pause):

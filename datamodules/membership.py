@@ -22,24 +22,44 @@ from core.seeds import derive_seed
 from .plan import Plan, load_or_create_plan
 
 
-class EpochShuffle(torch.utils.data.Sampler):
+class EpochShuffle(torch.utils.data.distributed.DistributedSampler):
     """A random order of range(n) that is a function of (seed, epoch) alone, where the epoch
     is read when an epoch's iteration starts (`epoch_fn`, the trainer's current epoch):
     Lightning creates the first iterator of a fit, fresh or resumed, before it calls any
-    epoch hook, and under DDP wraps a custom sampler so that set_epoch never reaches it.
-    Yields (position, epoch), so that augmentation can be seeded per sample too
-    (datasets.IndexedImages)."""
+    epoch hook. Yields (position, epoch), so that augmentation can be seeded per sample too
+    (datasets.IndexedImages).
 
-    def __init__(self, n: int, seed: int, epoch_fn):
+    Under DDP (`num_replicas` > 1) it shards that order itself, as DistributedSampler does:
+    padded by repeating its first positions to a multiple of the world size, then every
+    num_replicas-th position from `rank`. Being a DistributedSampler, Lightning does not wrap
+    it in its own, whose extra shuffle follows `set_epoch`; a resumed fit calls set_epoch
+    with the epoch the checkpoint was saved in, not the one it resumes, so the resumed
+    epoch's batches differed from an uninterrupted run's. `set_epoch` is ignored here."""
+
+    def __init__(self, n: int, seed: int, epoch_fn, num_replicas: int = 1, rank: int = 0):
+        # DistributedSampler.__init__ is not called: it wants a dataset and a process group.
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is outside 0..{num_replicas - 1}")
         self.n, self.seed, self.epoch_fn = n, seed, epoch_fn
+        self.num_replicas, self.rank, self.shuffle, self.drop_last, self.epoch = num_replicas, rank, True, False, 0
+        self.num_samples = -(-n // num_replicas)
+        self.total_size = self.num_samples * num_replicas
 
     def __len__(self) -> int:
-        return self.n
+        return self.num_samples
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch  # kept for whoever reads it; the order follows epoch_fn
 
     def __iter__(self):
         epoch = int(self.epoch_fn())
         g = torch.Generator().manual_seed(derive_seed(self.seed, "shuffle", epoch))
-        return iter([(i, epoch) for i in torch.randperm(self.n, generator=g).tolist()])
+        order = torch.randperm(self.n, generator=g).tolist()
+        if self.num_replicas > 1:
+            while len(order) < self.total_size:  # as DistributedSampler pads
+                order += order[: self.total_size - len(order)]
+            order = order[self.rank:self.total_size:self.num_replicas]
+        return iter([(i, epoch) for i in order])
 
 
 def _epoch_poisson_class():
@@ -292,8 +312,9 @@ class MembershipDataModule(L.LightningDataModule):
             return loader
         if self.train_seed is None:  # outside run.py: torch's shuffle, from the global generator
             return self._loader(members, shuffle=True, batch_size=self.batch_size)
-        return self._loader(members, batch_size=self.batch_size, sampler=EpochShuffle(len(members), self.train_seed,
-                                                                                       epoch_fn))
+        shard = (trainer.distributed_sampler_kwargs if trainer is not None else None) or {}
+        return self._loader(members, batch_size=self.batch_size,
+                            sampler=EpochShuffle(len(members), self.train_seed, epoch_fn, **shard))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.nonmember_set())
