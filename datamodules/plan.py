@@ -51,10 +51,31 @@ class Plan:
     canaries: Canaries | None = None  # data.canaries: only the target trains on (its included) canaries
 
 
+# The smallest sizes an audit may have. docs/limits.md gives the measurements and the command
+# (benchmarks/small_audit_coverage.py, 2,000 simulated audits per size):
+# - the audit set: an attack with no signal got a 95% AUC interval that excludes 0.5 in 31% of
+#   audits at N = 4 and 10% at N = 10, about the promised 5% from N = 50 (25 members and 25
+#   non-members) on. An unbalanced audit (a random audit_subset) is as good as its smaller
+#   class; 20 of each kept it near 5% too.
+# - the population: the target's test accuracy is measured on it. At Z = 50 the measured value
+#   missed a true accuracy of 0.5 by more than 0.1 in 10% of draws, at Z = 100 in under 5%.
+#   (RMIA's ranking hardly depends on Z: docs/limits.md.)
+MIN_AUDIT_SIZE = 50
+MIN_PER_CLASS = 20
+MIN_POPULATION = 100
+WHY_AUDIT = (f"below {MIN_AUDIT_SIZE} audit samples the AUC's 95% interval excludes 0.5 for an attack with no "
+             "signal more often than the 5% it promises; see docs/limits.md")
+WHY_PER_CLASS = (f"with fewer than {MIN_PER_CLASS} of either, the AUC's 95% interval excludes 0.5 for an attack with "
+                 "no signal more often than the 5% it promises; see docs/limits.md")
+WHY_POPULATION = (f"the target's test accuracy is measured on the population, and on fewer than {MIN_POPULATION} "
+                  "samples it misses the true accuracy by more than 0.1 in over 5% of draws; see docs/limits.md")
+
+
 def resolve_population(population: float | int | None, pool_size: int) -> int:
-    """None: about 1,000 samples where the pool allows (RMIA moves in steps of 1/Z), else 10%."""
+    """None: about 1,000 samples where the pool allows, else 10% of it, but never fewer than
+    MIN_POPULATION."""
     if population is None:
-        z = 1000 if pool_size >= 10_000 else round(0.1 * pool_size)
+        z = 1000 if pool_size >= 10_000 else max(MIN_POPULATION, round(0.1 * pool_size))
     elif isinstance(population, float) and 0.0 < population < 1.0:
         z = round(population * pool_size)
     elif isinstance(population, float) and population >= 1 and population.is_integer():
@@ -63,18 +84,17 @@ def resolve_population(population: float | int | None, pool_size: int) -> int:
         z = population
     else:
         raise ConfigError(
-            f"data.population={population!r} is not allowed; use a fraction in (0, 1), a count >= 1, or null for the default"
+            f"data.population={population!r} is not allowed; use a fraction in (0, 1), a count >= {MIN_POPULATION}, "
+            "or null for the default"
         )
-    if not 1 <= z <= pool_size - 2:
-        raise ConfigError(f"data.population={population!r} gives {z} samples; the pool has {pool_size}, so at most {pool_size - 2}")
+    if z < MIN_POPULATION:
+        gives = "" if z == population else f" gives {z} samples, which"
+        raise ConfigError(f"data.population={population!r}{gives} is below the minimum of {MIN_POPULATION}: "
+                          f"{WHY_POPULATION}")
+    if z > pool_size - 2:
+        raise ConfigError(f"data.population={population!r} gives {z} samples; the pool has {pool_size}, so at most "
+                          f"{pool_size - 2}")
     return z
-
-
-# The fewest audit samples: the plan makes half of them members, and DeLong's AUC interval
-# needs two members and two non-members (with one of either its variance is undefined:
-# --data.audit_size 3 reported "AUC 1.000 [nan, nan]" and wrote NaN into report.json).
-# Audits this small still mean little: docs/limits.md gives the measured error rates.
-MIN_AUDIT_SIZE = 4
 
 
 def make_plan(dataset: str, pool_size: int, num_references: int, seed: int,
@@ -86,23 +106,28 @@ def make_plan(dataset: str, pool_size: int, num_references: int, seed: int,
     and `sample` (one pool item: the shape and dtype of a noise canary) are needed too."""
     if num_references < 0 or num_references % 2:
         raise ConfigError(f"data.num_references={num_references!r} is not allowed; expected an even integer >= 0")
+    if pool_size < MIN_POPULATION + MIN_AUDIT_SIZE:
+        raise ConfigError(f"the pool of {pool_size} samples is too small to audit: it needs at least "
+                          f"{MIN_POPULATION + MIN_AUDIT_SIZE}, a population of {MIN_POPULATION} (the target's test "
+                          f"accuracy) and an audit set of {MIN_AUDIT_SIZE} (the AUC's interval); see docs/limits.md")
     z = resolve_population(population, pool_size)
     canaries = check_canaries(canaries)
     # mislabel canaries are pool images set aside: in neither the population nor the audit set
     reserved = canaries["count"] if canaries and canaries["kind"] == "mislabel" else 0
-    if reserved and reserved > pool_size - z - 2:
+    if reserved and reserved > pool_size - z - MIN_AUDIT_SIZE:
         raise ConfigError(f"data.canaries.count={reserved!r} is not allowed with kind=mislabel: the pool has {pool_size} "
-                          f"samples, {z} of them the population, so at most {pool_size - z - 2} can be canaries")
+                          f"samples, {z} of them the population and at least {MIN_AUDIT_SIZE} the audit set, so at "
+                          f"most {pool_size - z - MIN_AUDIT_SIZE} can be canaries")
     n_max = pool_size - z - reserved
     n = n_max if audit_size is None else audit_size
     if n_max < MIN_AUDIT_SIZE:
         raise ConfigError(f"the pool of {pool_size} samples leaves {n_max} for the audit after the population of {z} "
-                          f"(data.population={population!r}); an audit needs at least {MIN_AUDIT_SIZE} (two members "
-                          "and two non-members, for the AUC's interval): use a smaller data.population or more data")
+                          f"(data.population={population!r}), below the minimum of {MIN_AUDIT_SIZE}: {WHY_AUDIT}; use "
+                          f"more data (at least {MIN_POPULATION + MIN_AUDIT_SIZE + reserved} samples) or a smaller "
+                          "data.population")
     if not (isinstance(n, int) and not isinstance(n, bool) and MIN_AUDIT_SIZE <= n <= n_max):
         raise ConfigError(f"data.audit_size={audit_size!r} is not allowed; expected null or an integer in "
-                          f"[{MIN_AUDIT_SIZE}, {n_max}] (at least two members and two non-members, for the AUC's "
-                          "interval)")
+                          f"[{MIN_AUDIT_SIZE}, {n_max}]: {WHY_AUDIT}")
 
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(pool_size, generator=g)
