@@ -100,7 +100,7 @@ class MembershipAttack(L.Callback):
         model the end of fit audits as a target."""
         plan = dm.planned()  # nothing is written before this check
         positions = dm.subset_positions(self.settings.audit_subset, self.settings.subset_seed, plan)
-        targets = range(plan.membership.shape[0]) if self.rotate else [0]
+        targets = range(plan.membership.shape[0]) if self.rotate and self.same_references else [0]
         self.settings.check_subset(plan.membership, positions, targets, "MembershipAttack ")
 
     def owed_files(self, trainer) -> list:

@@ -391,6 +391,25 @@ def test_audit_subset_needs_twenty_members_and_twenty_non_members_of_the_target(
     assert report["settings"]["audit_samples"] == 50
 
 
+def test_fit_checks_the_subset_of_every_model_its_rotation_audits_before_training():
+    """The rotation at the end of fit audits every model on the same subset: each needs 20
+    members and 20 non-members in it; without the rotation only the target does."""
+    from callbacks import MembershipAttack
+
+    dm = MembershipDataModule(num_references=2)  # no run_dir: the plan is drawn in memory
+    plan = dm.planned()
+
+    def counts(seed):
+        pos = dm.subset_positions(50, seed, plan)
+        return [int(plan.membership[m][pos].sum()) for m in range(3)]
+
+    seed = next(s for s in range(500) if 20 <= counts(s)[0] <= 30 and not all(20 <= c <= 30 for c in counts(s)))
+    MembershipAttack(rotate=False, audit_subset=50, subset_seed=seed).check_data(dm)
+    with pytest.raises(ConfigError, match=rf"MembershipAttack audit_subset=50 draws \d+ member\(s\) and \d+ "
+                                          rf"non-member\(s\) of model [12] \(subset_seed={seed}\); expected 20 of each"):
+        MembershipAttack(rotate=True, audit_subset=50, subset_seed=seed).check_data(dm)
+
+
 def test_the_table_is_printed_by_whoever_runs_the_audit_not_by_a_global_switch(small_run, capsys, tmp_path):
     from training.cli import run_cli
 

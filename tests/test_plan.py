@@ -207,3 +207,15 @@ def test_too_small_sizes_are_one_line_exit_2_before_anything_is_written(tmp_path
     assert len(err) == 1 and err[0].startswith("error: ") and key in err[0], err
     assert "minimum of 50" in err[0] or "[50, " in err[0], err
     assert not (rd / "plan.json").exists() and not list(rd.glob("model_*"))
+
+
+def test_a_fit_at_the_minimums_audits_them(tmp_path, capsys):
+    import run
+
+    rd = tmp_path / "run"
+    assert run.main(["fit", "--run_dir", str(rd), "--data.audit_size", "50", "--data.population", "100",
+                     "--data.num_references", "0", "--model.kind", "ann", "--model.width", "0.25",
+                     "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
+                     "--trainer.enable_model_summary", "false"]) == 0
+    settings = json.loads((rd / "audit" / "report.json").read_text())["settings"]
+    assert settings["audit_samples"] == 50 and settings["population_samples"] == 100
