@@ -51,24 +51,26 @@ class Plan:
     canaries: Canaries | None = None  # data.canaries: only the target trains on (its included) canaries
 
 
-# The smallest sizes an audit may have. docs/limits.md gives the measurements and the command
-# (benchmarks/small_audit_coverage.py, 2,000 simulated audits per size):
-# - the audit set: an attack with no signal got a 95% AUC interval that excludes 0.5 in 31% of
-#   audits at N = 4 and 10% at N = 10, about the promised 5% from N = 50 (25 members and 25
-#   non-members) on. An unbalanced audit (a random audit_subset) is as good as its smaller
-#   class; 20 of each kept it near 5% too.
-# - the population: the target's test accuracy is measured on it. At Z = 50 the measured value
-#   missed a true accuracy of 0.5 by more than 0.1 in 10% of draws, at Z = 100 in under 5%.
-#   (RMIA's ranking hardly depends on Z: docs/limits.md.)
+# The smallest sizes an audit may have. docs/limits.md gives the tables and the command that
+# measured them (benchmarks/small_audit_coverage.py, 2,000 simulated audits per size):
+# - the audit set: for an attack with no signal the 95% AUC interval excluded 0.5 in 31% of
+#   audits at N = 4, 9.7% at 10, 8.7% at 20, and 6.4% to 5.3% from 40 to 400. 50 (25
+#   members, 25 non-members) is the round number past that knee.
+# - an unbalanced audit (a random audit_subset) is as good as its smaller class: 20 members
+#   and 20 non-members gave 6.0%, 20 and 180 6.2%, 10 and 190 7.1%.
+# - the population: the target's test accuracy is measured on it. On 50 samples the measured
+#   value missed a true accuracy of 0.5 by more than 0.1 in 12.7% of draws, on 100 in 3.4%.
+#   RMIA's ranking hardly depends on it (docs/limits.md).
 MIN_AUDIT_SIZE = 50
 MIN_PER_CLASS = 20
 MIN_POPULATION = 100
-WHY_AUDIT = (f"below {MIN_AUDIT_SIZE} audit samples the AUC's 95% interval excludes 0.5 for an attack with no "
-             "signal more often than the 5% it promises; see docs/limits.md")
-WHY_PER_CLASS = (f"with fewer than {MIN_PER_CLASS} of either, the AUC's 95% interval excludes 0.5 for an attack with "
-                 "no signal more often than the 5% it promises; see docs/limits.md")
-WHY_POPULATION = (f"the target's test accuracy is measured on the population, and on fewer than {MIN_POPULATION} "
-                  "samples it misses the true accuracy by more than 0.1 in over 5% of draws; see docs/limits.md")
+WHY_AUDIT = (f"below {MIN_AUDIT_SIZE} audit samples, the AUC's 95% interval of an attack with no signal wrongly "
+             "rules out 0.5 ever more often than the 5% it promises (in 31% of audits of 4, 9.7% of 10, 8.7% of 20, "
+             "6.2% of 50); see docs/limits.md")
+WHY_PER_CLASS = ("the AUC's interval is as good as the smaller of the two (20 of each: 6.0% of audits with no signal "
+                 "wrongly rule out 0.5, 10 and 10: 8.7%); see docs/limits.md")
+WHY_POPULATION = ("the target's test accuracy is measured on it, and on 50 samples it missed a true 0.5 by more than "
+                  "0.1 in 12.7% of draws, on 100 in 3.4%; see docs/limits.md")
 
 
 def resolve_population(population: float | int | None, pool_size: int) -> int:
@@ -122,9 +124,9 @@ def make_plan(dataset: str, pool_size: int, num_references: int, seed: int,
     n = n_max if audit_size is None else audit_size
     if n_max < MIN_AUDIT_SIZE:
         raise ConfigError(f"the pool of {pool_size} samples leaves {n_max} for the audit after the population of {z} "
-                          f"(data.population={population!r}), below the minimum of {MIN_AUDIT_SIZE}: {WHY_AUDIT}; use "
-                          f"more data (at least {MIN_POPULATION + MIN_AUDIT_SIZE + reserved} samples) or a smaller "
-                          "data.population")
+                          f"(data.population={population!r}), below the minimum of {MIN_AUDIT_SIZE}; use a smaller "
+                          f"data.population or more data (at least {MIN_POPULATION + MIN_AUDIT_SIZE + reserved} "
+                          f"samples): {WHY_AUDIT}")
     if not (isinstance(n, int) and not isinstance(n, bool) and MIN_AUDIT_SIZE <= n <= n_max):
         raise ConfigError(f"data.audit_size={audit_size!r} is not allowed; expected null or an integer in "
                           f"[{MIN_AUDIT_SIZE}, {n_max}]: {WHY_AUDIT}")

@@ -149,8 +149,8 @@ def test_datamodule_bad_values(kwargs, key):
 @pytest.mark.parametrize("audit_size", [0, 3, 4, 49])
 def test_an_audit_too_small_for_its_interval_is_refused_naming_the_minimum(audit_size):
     with pytest.raises(ConfigError, match=rf"data.audit_size={audit_size} is not allowed; expected null or an integer "
-                                          r"in \[50, 1617\]: below 50 audit samples the AUC's 95% interval excludes "
-                                          r"0.5 .* see docs/limits.md"):
+                                          r"in \[50, 1617\]: below 50 audit samples, the AUC's 95% interval of an "
+                                          r"attack with no signal wrongly rules out 0.5 .* see docs/limits.md"):
         make_plan(**{**SETTINGS, "audit_size": audit_size})
     plan = make_plan(**{**SETTINGS, "audit_size": 50})  # the minimum itself is allowed
     assert plan.membership.shape == (7, 50) and plan.membership.sum(1).tolist() == [25] * 7
@@ -159,8 +159,8 @@ def test_an_audit_too_small_for_its_interval_is_refused_naming_the_minimum(audit
 @pytest.mark.parametrize("population, shown", [(99, "data.population=99 is below"),
                                                 (0.05, "data.population=0.05 gives 90 samples, which is below")])
 def test_a_population_too_small_for_the_test_accuracy_is_refused_naming_the_minimum(population, shown):
-    with pytest.raises(ConfigError, match=rf"{shown} the minimum of 100: the target's test accuracy is measured on the "
-                                          r"population, .* see docs/limits.md"):
+    with pytest.raises(ConfigError, match=rf"{shown} the minimum of 100: the target's test accuracy is measured on it,"
+                                          r" .* see docs/limits.md"):
         make_plan(**{**SETTINGS, "population": population})
     assert make_plan(**{**SETTINGS, "population": 100}).population_indices.numel() == 100  # the minimum itself
 
@@ -172,7 +172,8 @@ def test_a_pool_too_small_for_an_audit_is_refused():
     plan = make_plan(dataset="tiny", pool_size=150, num_references=2, seed=0)  # the default population: 100
     assert plan.population_indices.numel() == 100 and plan.membership.shape == (3, 50)
     with pytest.raises(ConfigError, match=r"the pool of 200 samples leaves 49 for the audit after the population of "
-                                          r"151 \(data.population=151\), below the minimum of 50: .*use more data"):
+                                          r"151 \(data.population=151\), below the minimum of 50; use a smaller "
+                                          r"data.population or more data \(at least 150 samples\): below 50 audit"):
         make_plan(dataset="tiny", pool_size=200, num_references=2, seed=0, population=151)
     assert make_plan(dataset="tiny", pool_size=200, num_references=2, seed=0, population=150).membership.shape == (3, 50)
 
@@ -187,7 +188,7 @@ def _fit_refused(tmp_path, *flags):
 
 @pytest.mark.parametrize("flag, value, key", [
     ("--data.audit_size", "49", "data.audit_size=49 is not allowed; expected null or an integer in [50, 1617]: below 50"),
-    ("--data.population", "99", "data.population=99 is below the minimum of 100: the target's test accuracy"),
+    ("--data.population", "99", "data.population=99 is below the minimum of 100: the target's test accuracy is measured on it"),
 ])
 def test_too_small_sizes_are_one_line_exit_2_from_run_py_fit_writing_nothing(tmp_path, flag, value, key):
     code, err, rd = _fit_refused(tmp_path, flag, value, "--trainer.max_epochs", "1")
