@@ -24,7 +24,8 @@ _DOC = """How the target is attacked.
             init_args: {...}} entries for attacks of your own (docs/attacks.md); default: {defaults}.
             Registered: {catalogue}.
         query_seed: seed of the input-dropout masks (the same for every model).
-        audit_subset: audit a fixed random subset of this many audit samples (null: all).
+        audit_subset: audit a fixed random subset of this many audit samples (null: all); at least 50,
+            holding 20 members and 20 non-members of each model audited as a target (docs/limits.md).
         subset_seed: seed of that subset.
 {attack_settings}
         bootstrap: replicates of the stratified bootstrap behind each TPR interval (0: no intervals).

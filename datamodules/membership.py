@@ -90,8 +90,10 @@ class MembershipDataModule(L.LightningDataModule):
             model_index: which model's training split to load (0 = target, 1..K references).
             seed: seed of the membership plan.
             population: size of the population hold-out: a fraction in (0, 1), a count,
-                or null for about 1,000 samples (10% of a pool under 10,000, e.g. digits).
-            audit_size: N, the number of audit samples (null: the rest of the pool).
+                or null for about 1,000 samples (10% of a pool under 10,000, e.g. digits);
+                at least 100 (docs/limits.md).
+            audit_size: N, the number of audit samples (null: the rest of the pool); at
+                least 50 (docs/limits.md).
             batch_size: training batch size.
             eval_batch_size: batch size for validation, test and attack queries.
             num_workers: DataLoader workers.
