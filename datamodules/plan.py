@@ -128,8 +128,14 @@ def make_plan(dataset: str, pool_size: int, num_references: int, seed: int,
                           f"data.population or more data (at least {MIN_POPULATION + MIN_AUDIT_SIZE + reserved} "
                           f"samples): {WHY_AUDIT}")
     if not (isinstance(n, int) and not isinstance(n, bool) and MIN_AUDIT_SIZE <= n <= n_max):
+        if not isinstance(n, int) or isinstance(n, bool):
+            why = ""
+        elif n < MIN_AUDIT_SIZE:
+            why = f": {WHY_AUDIT}"
+        else:
+            why = f": the pool of {pool_size} samples holds {n_max} after the population of {z}"
         raise ConfigError(f"data.audit_size={audit_size!r} is not allowed; expected null or an integer in "
-                          f"[{MIN_AUDIT_SIZE}, {n_max}]: {WHY_AUDIT}")
+                          f"[{MIN_AUDIT_SIZE}, {n_max}]{why}")
 
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(pool_size, generator=g)

@@ -187,7 +187,8 @@ def _fit_refused(tmp_path, *flags):
 
 
 @pytest.mark.parametrize("flag, value, key", [
-    ("--data.audit_size", "49", "data.audit_size=49 is not allowed; expected null or an integer in [50, 1617]: below 50"),
+    ("--data.audit_size", "49", "data.audit_size=49 is not allowed; expected an integer in [50, inf] or null (the rest "
+                                "of the pool): below 50 audit samples"),
     ("--data.population", "99", "data.population=99 is below the minimum of 100: the target's test accuracy is measured on it"),
 ])
 def test_too_small_sizes_are_one_line_exit_2_from_run_py_fit_writing_nothing(tmp_path, flag, value, key):
@@ -220,3 +221,17 @@ def test_a_fit_at_the_minimums_audits_them(tmp_path, capsys):
                      "--trainer.enable_model_summary", "false"]) == 0
     settings = json.loads((rd / "audit" / "report.json").read_text())["settings"]
     assert settings["audit_samples"] == 50 and settings["population_samples"] == 100
+
+
+@pytest.mark.parametrize("flags, key", [(["--data.audit_size", "49"], "data.audit_size=49"),
+                                        (["--data.population", "99"], "data.population=99")])
+def test_sizes_below_the_minimum_are_refused_by_the_parser_with_no_pool(flags, key, monkeypatch):
+    """The checks that need no data run when the data module is built, so the parser that `run.py
+    study` and `submit` run on every entry before training refuses them; no pool is loaded."""
+    from datamodules import membership
+    from training.cli import parse_config
+
+    monkeypatch.setattr(membership, "load_pool", lambda *a, **k: pytest.fail("the pool was loaded"))
+    with pytest.raises(ConfigError, match=rf"{key} is .*(\[50, inf\]|minimum of 100).* see docs/limits.md"):
+        parse_config(flags)
+    parse_config(["--data.audit_size", "50", "--data.population", "100"])  # the minimums themselves parse
