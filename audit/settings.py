@@ -84,8 +84,8 @@ class _AuditSettings:
             if min(members, positions.numel() - members) < MIN_PER_CLASS:
                 raise ConfigError(f"{where}audit_subset={self.audit_subset!r} draws {members} member(s) and "
                                   f"{positions.numel() - members} non-member(s) of model {t} (subset_seed="
-                                  f"{self.subset_seed}); expected {MIN_PER_CLASS} of each at least (a larger audit_subset, or "
-                                  f"null for all): {WHY_PER_CLASS}")
+                                  f"{self.subset_seed}); expected {MIN_PER_CLASS} of each at least (a larger "
+                                  f"audit_subset, or null for all): {WHY_PER_CLASS}")
 
     def attack_objects(self, where: str = "") -> list[Attack]:
         """The selected attacks as instances (ConfigError naming `where`attacks for a bad entry)."""

@@ -129,7 +129,8 @@ class MembershipDataModule(L.LightningDataModule):
         # The minimum sizes that need no pool, checked here so that the parser (and so `run.py
         # study` and `submit`, before anything trains) refuses them; the rest come with the plan.
         if audit_size is not None:
-            check_int("data.audit_size", audit_size, MIN_AUDIT_SIZE, what=f" or null (the rest of the pool): {WHY_AUDIT}")
+            check_int("data.audit_size", audit_size, MIN_AUDIT_SIZE,
+                      what=f" or null (the rest of the pool): {WHY_AUDIT}")
         if isinstance(population, int) and not isinstance(population, bool):
             resolve_population(population, max(population, MIN_POPULATION) + MIN_AUDIT_SIZE)  # a count's own checks
         self.save_hyperparameters()

@@ -175,7 +175,8 @@ def test_a_pool_too_small_for_an_audit_is_refused():
                                           r"151 \(data.population=151\), below the minimum of 50; use a smaller "
                                           r"data.population or more data \(at least 150 samples\): below 50 audit"):
         make_plan(dataset="tiny", pool_size=200, num_references=2, seed=0, population=151)
-    assert make_plan(dataset="tiny", pool_size=200, num_references=2, seed=0, population=150).membership.shape == (3, 50)
+    plan = make_plan(dataset="tiny", pool_size=200, num_references=2, seed=0, population=150)
+    assert plan.membership.shape == (3, 50)
 
 
 def _fit_refused(tmp_path, *flags):
