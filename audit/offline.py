@@ -80,6 +80,8 @@ def run_audit(dm, settings: AuditSettings, *, latencies=None, report_dir=None, t
     run_dir = dm.run_dir
     checked = check_audit(run_dir, dm.index, settings, latencies, report_dir, targets, dm.num_references)
     done, trained_T, target_index = checked["done"], checked["trained_T"], checked["targets"][0]
+    settings.check_subset(dm.membership, dm.subset_positions(settings.audit_subset, settings.subset_seed),
+                          checked["targets"])
     audit = Audit(dm, target_index, settings, ranks)
     if audit.skipped and ranks.is_zero:
         print(f"audit: {audit.skip_message(train_them=TRAIN_REFERENCES['audit'])}", file=sys.stderr)

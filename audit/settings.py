@@ -11,7 +11,7 @@ from typing import Union
 
 from attacks import parse_query
 from core.errors import ConfigError, check_int, check_number
-from datamodules.plan import MIN_AUDIT_SIZE
+from datamodules.plan import MIN_AUDIT_SIZE, MIN_PER_CLASS, WHY_AUDIT, WHY_PER_CLASS
 
 from .attacks import REGISTRY, Attack, SpecError, all_settings, catalogue, default_names, expand, resolve
 
@@ -24,7 +24,8 @@ _DOC = """How the target is attacked.
             init_args: {...}} entries for attacks of your own (docs/attacks.md); default: {defaults}.
             Registered: {catalogue}.
         query_seed: seed of the input-dropout masks (the same for every model).
-        audit_subset: audit a fixed random subset of this many audit samples (null: all).
+        audit_subset: audit a fixed random subset of this many audit samples (null: all); at least 50,
+            holding 20 members and 20 non-members of each model audited as a target (docs/limits.md).
         subset_seed: seed of that subset.
 {attack_settings}
         bootstrap: replicates of the stratified bootstrap behind each TPR interval (0: no intervals).
@@ -57,7 +58,7 @@ class _AuditSettings:
         check_int(f"{where}query_seed", self.query_seed, 0)
         if self.audit_subset is not None:
             check_int(f"{where}audit_subset", self.audit_subset, MIN_AUDIT_SIZE,
-                      what=" or null (all audit samples): two members and two non-members at least")
+                      what=f" or null (all audit samples): {WHY_AUDIT}")
         check_int(f"{where}subset_seed", self.subset_seed, 0)
         for key, s in all_settings().items():  # every attack setting, selected or not: a typo never waits
             s.check(f"{where}{key}", getattr(self, key))
@@ -71,6 +72,20 @@ class _AuditSettings:
                               "or false")
         self.attack_objects(where)
         return self
+
+    def check_subset(self, membership, positions, targets, where: str = "") -> None:
+        """The audit_subset at `positions` (None: the whole audit set) must hold MIN_PER_CLASS
+        members and as many non-members of every model in `targets` (rows of the plan's
+        `membership`); checked before any model trains or is queried."""
+        if positions is None:
+            return
+        for t in targets:
+            members = int(membership[t][positions].sum())
+            if min(members, positions.numel() - members) < MIN_PER_CLASS:
+                raise ConfigError(f"{where}audit_subset={self.audit_subset!r} draws {members} member(s) and "
+                                  f"{positions.numel() - members} non-member(s) of model {t} (subset_seed="
+                                  f"{self.subset_seed}); expected {MIN_PER_CLASS} of each at least (a larger "
+                                  f"audit_subset, or null for all): {WHY_PER_CLASS}")
 
     def attack_objects(self, where: str = "") -> list[Attack]:
         """The selected attacks as instances (ConfigError naming `where`attacks for a bad entry)."""

@@ -96,17 +96,12 @@ class MembershipAttack(L.Callback):
 
     def check_data(self, dm) -> None:
         """Settings that depend on the plan, checked before any model trains: an audit subset
-        must hold members and non-members of the target (else no ROC can be drawn)."""
+        must hold enough members and non-members of the target, and with `rotate` of every
+        model the end of fit audits as a target."""
         plan = dm.planned()  # nothing is written before this check
         positions = dm.subset_positions(self.settings.audit_subset, self.settings.subset_seed, plan)
-        if positions is None:
-            return
-        members = int(plan.membership[0][positions].sum())
-        if min(members, positions.numel() - members) < 2:
-            raise ConfigError(f"MembershipAttack audit_subset={self.settings.audit_subset!r} draws {members} "
-                              f"member(s) and {positions.numel() - members} non-member(s) of the target (subset_seed="
-                              f"{self.settings.subset_seed}); expected two of each at least (for the AUC's "
-                              "interval): a larger audit_subset (hundreds), or null for all")
+        targets = range(plan.membership.shape[0]) if self.rotate and self.same_references else [0]
+        self.settings.check_subset(plan.membership, positions, targets, "MembershipAttack ")
 
     def owed_files(self, trainer) -> list:
         """What the target owes before it counts as finished: the report and its plot."""

@@ -19,7 +19,7 @@ from .datasets import IndexedImages, Pool, crop_flip, dataset_info, load_pool
 from core.errors import ConfigError, check_int
 from core.rundir import check_trained_on
 from core.seeds import derive_seed
-from .plan import Plan, load_or_create_plan
+from .plan import MIN_AUDIT_SIZE, MIN_POPULATION, WHY_AUDIT, Plan, load_or_create_plan, resolve_population
 
 
 class EpochShuffle(torch.utils.data.distributed.DistributedSampler):
@@ -110,8 +110,10 @@ class MembershipDataModule(L.LightningDataModule):
             model_index: which model's training split to load (0 = target, 1..K references).
             seed: seed of the membership plan.
             population: size of the population hold-out: a fraction in (0, 1), a count,
-                or null for about 1,000 samples (10% of a pool under 10,000, e.g. digits).
-            audit_size: N, the number of audit samples (null: the rest of the pool).
+                or null for about 1,000 samples (10% of a pool under 10,000, e.g. digits);
+                at least 100 (docs/limits.md).
+            audit_size: N, the number of audit samples (null: the rest of the pool); at
+                least 50 (docs/limits.md).
             batch_size: training batch size.
             eval_batch_size: batch size for validation, test and attack queries.
             num_workers: DataLoader workers.
@@ -144,6 +146,13 @@ class MembershipDataModule(L.LightningDataModule):
         canaries = check_canaries(canaries)
         if isinstance(population, float) and population >= 1 and population.is_integer():
             population = int(population)  # a count that a parser read as 1000.0
+        # The minimum sizes that need no pool, checked here so that the parser (and so `run.py
+        # study` and `submit`, before anything trains) refuses them; the rest come with the plan.
+        if audit_size is not None:
+            check_int("data.audit_size", audit_size, MIN_AUDIT_SIZE,
+                      what=f" or null (the rest of the pool): {WHY_AUDIT}")
+        if isinstance(population, int) and not isinstance(population, bool):
+            resolve_population(population, max(population, MIN_POPULATION) + MIN_AUDIT_SIZE)  # a count's own checks
         self.save_hyperparameters()
         self.dataset = dataset
         self.root = root

@@ -51,10 +51,33 @@ class Plan:
     canaries: Canaries | None = None  # data.canaries: only the target trains on (its included) canaries
 
 
+# The smallest sizes an audit may have. docs/limits.md gives the tables and the command that
+# measured them (benchmarks/small_audit_coverage.py, 2,000 simulated audits per size):
+# - the audit set: for an attack with no signal the 95% AUC interval excluded 0.5 in 31% of
+#   audits at N = 4, 9.7% at 10, 8.7% at 20, and 6.4% to 5.3% from 40 to 400. 50 (25
+#   members, 25 non-members) is the round number past that knee.
+# - an unbalanced audit (a random audit_subset) is as good as its smaller class: 20 members
+#   and 20 non-members gave 6.0%, 20 and 180 6.2%, 10 and 190 7.1%.
+# - the population: the target's test accuracy is measured on it. On 50 samples the measured
+#   value missed a true accuracy of 0.5 by more than 0.1 in 12.7% of draws, on 100 in 3.4%.
+#   RMIA's ranking hardly depends on it (docs/limits.md).
+MIN_AUDIT_SIZE = 50
+MIN_PER_CLASS = 20
+MIN_POPULATION = 100
+WHY_AUDIT = (f"below {MIN_AUDIT_SIZE} audit samples, the AUC's 95% interval of an attack with no signal wrongly "
+             "rules out 0.5 ever more often than the 5% it promises (in 31% of audits of 4, 9.7% of 10, 8.7% of 20, "
+             "6.2% of 50); see docs/limits.md")
+WHY_PER_CLASS = ("the AUC's interval is as good as the smaller of the two (20 of each: 6.0% of audits with no signal "
+                 "wrongly rule out 0.5, 10 and 10: 8.7%); see docs/limits.md")
+WHY_POPULATION = ("the target's test accuracy is measured on it, and on 50 samples it missed a true 0.5 by more than "
+                  "0.1 in 12.7% of draws, on 100 in 3.4%; see docs/limits.md")
+
+
 def resolve_population(population: float | int | None, pool_size: int) -> int:
-    """None: about 1,000 samples where the pool allows (RMIA moves in steps of 1/Z), else 10%."""
+    """None: about 1,000 samples where the pool allows, else 10% of it, but never fewer than
+    MIN_POPULATION."""
     if population is None:
-        z = 1000 if pool_size >= 10_000 else round(0.1 * pool_size)
+        z = 1000 if pool_size >= 10_000 else max(MIN_POPULATION, round(0.1 * pool_size))
     elif isinstance(population, float) and 0.0 < population < 1.0:
         z = round(population * pool_size)
     elif isinstance(population, float) and population >= 1 and population.is_integer():
@@ -63,18 +86,17 @@ def resolve_population(population: float | int | None, pool_size: int) -> int:
         z = population
     else:
         raise ConfigError(
-            f"data.population={population!r} is not allowed; use a fraction in (0, 1), a count >= 1, or null for the default"
+            f"data.population={population!r} is not allowed; use a fraction in (0, 1), a count >= {MIN_POPULATION}, "
+            "or null for the default"
         )
-    if not 1 <= z <= pool_size - 2:
-        raise ConfigError(f"data.population={population!r} gives {z} samples; the pool has {pool_size}, so at most {pool_size - 2}")
+    if z < MIN_POPULATION:
+        gives = "" if z == population else f" gives {z} samples, which"
+        raise ConfigError(f"data.population={population!r}{gives} is below the minimum of {MIN_POPULATION}: "
+                          f"{WHY_POPULATION}")
+    if z > pool_size - 2:
+        raise ConfigError(f"data.population={population!r} gives {z} samples; the pool has {pool_size}, so at most "
+                          f"{pool_size - 2}")
     return z
-
-
-# The fewest audit samples: the plan makes half of them members, and DeLong's AUC interval
-# needs two members and two non-members (with one of either its variance is undefined:
-# --data.audit_size 3 reported "AUC 1.000 [nan, nan]" and wrote NaN into report.json).
-# Audits this small still mean little: docs/limits.md gives the measured error rates.
-MIN_AUDIT_SIZE = 4
 
 
 def make_plan(dataset: str, pool_size: int, num_references: int, seed: int,
@@ -86,23 +108,34 @@ def make_plan(dataset: str, pool_size: int, num_references: int, seed: int,
     and `sample` (one pool item: the shape and dtype of a noise canary) are needed too."""
     if num_references < 0 or num_references % 2:
         raise ConfigError(f"data.num_references={num_references!r} is not allowed; expected an even integer >= 0")
+    if pool_size < MIN_POPULATION + MIN_AUDIT_SIZE:
+        raise ConfigError(f"the pool of {pool_size} samples is too small to audit: it needs at least "
+                          f"{MIN_POPULATION + MIN_AUDIT_SIZE}, a population of {MIN_POPULATION} (the target's test "
+                          f"accuracy) and an audit set of {MIN_AUDIT_SIZE} (the AUC's interval); see docs/limits.md")
     z = resolve_population(population, pool_size)
     canaries = check_canaries(canaries)
     # mislabel canaries are pool images set aside: in neither the population nor the audit set
     reserved = canaries["count"] if canaries and canaries["kind"] == "mislabel" else 0
-    if reserved and reserved > pool_size - z - 2:
+    if reserved and reserved > pool_size - z - MIN_AUDIT_SIZE:
         raise ConfigError(f"data.canaries.count={reserved!r} is not allowed with kind=mislabel: the pool has {pool_size} "
-                          f"samples, {z} of them the population, so at most {pool_size - z - 2} can be canaries")
+                          f"samples, {z} of them the population and at least {MIN_AUDIT_SIZE} the audit set, so at "
+                          f"most {pool_size - z - MIN_AUDIT_SIZE} can be canaries")
     n_max = pool_size - z - reserved
     n = n_max if audit_size is None else audit_size
     if n_max < MIN_AUDIT_SIZE:
         raise ConfigError(f"the pool of {pool_size} samples leaves {n_max} for the audit after the population of {z} "
-                          f"(data.population={population!r}); an audit needs at least {MIN_AUDIT_SIZE} (two members "
-                          "and two non-members, for the AUC's interval): use a smaller data.population or more data")
+                          f"(data.population={population!r}), below the minimum of {MIN_AUDIT_SIZE}; use a smaller "
+                          f"data.population or more data (at least {MIN_POPULATION + MIN_AUDIT_SIZE + reserved} "
+                          f"samples): {WHY_AUDIT}")
     if not (isinstance(n, int) and not isinstance(n, bool) and MIN_AUDIT_SIZE <= n <= n_max):
+        if not isinstance(n, int) or isinstance(n, bool):
+            why = ""
+        elif n < MIN_AUDIT_SIZE:
+            why = f": {WHY_AUDIT}"
+        else:
+            why = f": the pool of {pool_size} samples holds {n_max} after the population of {z}"
         raise ConfigError(f"data.audit_size={audit_size!r} is not allowed; expected null or an integer in "
-                          f"[{MIN_AUDIT_SIZE}, {n_max}] (at least two members and two non-members, for the AUC's "
-                          "interval)")
+                          f"[{MIN_AUDIT_SIZE}, {n_max}]{why}")
 
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(pool_size, generator=g)

@@ -341,6 +341,7 @@ def ann_run(tmp_path_factory):
     ("--audit_subset", "1", "audit_subset=1"),
     ("--audit_subset", "0", "audit_subset=0"),
     ("--audit_subset", "-5", "audit_subset=-5"),
+    ("--audit_subset", "49", "audit_subset=49 is not allowed; expected an integer in [50, inf] or null"),
     ("--queries", "[]", "queries=[]"),
     ("--queries", "[plain, plain]", "queries=['plain', 'plain']"),
     ("--latencies", "[0]", "latencies=[0]"),
@@ -363,6 +364,50 @@ def test_audit_refuses_each_bad_setting_in_one_line_before_any_query(ann_run, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and key in err[-1] and "allowed" in err[-1], err[-1]
     assert sorted(p.relative_to(ann_run) for p in ann_run.rglob("*")) == before
+
+
+def test_audit_subset_needs_twenty_members_and_twenty_non_members_of_the_target(ann_run, capsys, tmp_path):
+    """At the minimum size (50), the subset's draw decides: a seed whose 50 samples hold fewer than
+    20 members (or non-members) of the target is one line and exit 2 before any query; a seed
+    whose draw holds 20 of each audits."""
+    from datamodules.plan import load_plan
+
+    plan = load_plan(ann_run)
+    dm = MembershipDataModule(num_references=0)
+    members = {s: int(plan.membership[0][dm.subset_positions(50, s, plan)].sum()) for s in range(200)}
+    bad = next(s for s, m in members.items() if min(m, 50 - m) < 20)
+    good = next(s for s, m in members.items() if min(m, 50 - m) >= 20)
+    before = sorted(p.relative_to(ann_run) for p in ann_run.rglob("*"))
+    args = ["audit", "--run_dir", str(ann_run), "--data.num_references", "0", "--model.kind", "ann",
+            "--model.width", "0.25", *QUIET, "--audit_subset", "50", "--attacks", "[attack_p]"]
+    assert run.main([*args, "--subset_seed", str(bad), "--report_dir", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: audit_subset=50 draws ") and \
+        f"{members[bad]} member(s) and {50 - members[bad]} non-member(s) of model 0 (subset_seed={bad}); expected " \
+        "20 of each at least" in err[0] and "docs/limits.md" in err[0], err
+    assert sorted(p.relative_to(ann_run) for p in ann_run.rglob("*")) == before and not (tmp_path / "bad").exists()
+    assert run.main([*args, "--subset_seed", str(good), "--report_dir", str(tmp_path / "good")]) == 0
+    report = json.loads((tmp_path / "good" / "report.json").read_text())
+    assert report["settings"]["audit_samples"] == 50
+
+
+def test_fit_checks_the_subset_of_every_model_its_rotation_audits_before_training():
+    """The rotation at the end of fit audits every model on the same subset: each needs 20
+    members and 20 non-members in it; without the rotation only the target does."""
+    from callbacks import MembershipAttack
+
+    dm = MembershipDataModule(num_references=2)  # no run_dir: the plan is drawn in memory
+    plan = dm.planned()
+
+    def counts(seed):
+        pos = dm.subset_positions(50, seed, plan)
+        return [int(plan.membership[m][pos].sum()) for m in range(3)]
+
+    seed = next(s for s in range(500) if 20 <= counts(s)[0] <= 30 and not all(20 <= c <= 30 for c in counts(s)))
+    MembershipAttack(rotate=False, audit_subset=50, subset_seed=seed).check_data(dm)
+    with pytest.raises(ConfigError, match=rf"MembershipAttack audit_subset=50 draws \d+ member\(s\) and \d+ "
+                                          rf"non-member\(s\) of model [12] \(subset_seed={seed}\); expected 20 of each"):
+        MembershipAttack(rotate=True, audit_subset=50, subset_seed=seed).check_data(dm)
 
 
 def test_the_table_is_printed_by_whoever_runs_the_audit_not_by_a_global_switch(small_run, capsys, tmp_path):

@@ -98,7 +98,7 @@ def test_bad_canaries_are_one_line_errors(value, match):
 
 
 def test_too_many_mislabel_canaries_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match="at most 1615 can be canaries"):
+    with pytest.raises(ConfigError, match="at least 50 the audit set, so at most 1567 can be canaries"):
         _dm(tmp_path, canaries={"count": 1700, "kind": "mislabel"})
 
 

@@ -77,38 +77,38 @@ def test_parallel_decoding_gives_the_same_pool(tmp_path):
 
 
 def test_datamodule_gives_counts_as_floats_and_frames_to_the_model(tmp_path):
-    write_nmnist(tmp_path / "data", per_class=(2, 1))
-    dm = MembershipDataModule(dataset="nmnist", root=str(tmp_path / "data"), T=3, num_references=2, population=4,
+    write_nmnist(tmp_path / "data", per_class=(10, 6))  # 160: the default population of 100, 60 to audit
+    dm = MembershipDataModule(dataset="nmnist", root=str(tmp_path / "data"), T=3, num_references=2,
                               run_dir=str(tmp_path / "run"))
     assert dm.input_shape == (2, 34, 34) and dm.num_classes == 10 and dm.input_frames == 3 and not dm.augment
     assert dm.normalization == ([0.0, 0.0], [1.0, 1.0])
     dm.setup("fit")
     x, y, i = next(iter(dm.audit_dataloader()))
-    assert x.shape == (26, 3, 2, 34, 34) and x.dtype == torch.float32
+    assert x.shape == (60, 3, 2, 34, 34) and x.dtype == torch.float32
     assert torch.equal(x, dm.pool.images[dm.audit_indices].float())  # counts, not scaled by 1/255
 
 
 def test_t_is_not_part_of_the_plan_so_latencies_share_one(tmp_path):
     """An SNN at T = 1, 2, 4 on one plan (a study's latency axis): the frames change with T,
     the samples do not."""
-    write_nmnist(tmp_path / "data")
+    write_nmnist(tmp_path / "data", per_class=(10, 5))  # 150: the smallest pool that can be audited
     run = str(tmp_path / "run")
     plans = []
     for T in (1, 2, 4):
-        dm = MembershipDataModule(dataset="nmnist", root=str(tmp_path / "data"), T=T, population=2, run_dir=run)
+        dm = MembershipDataModule(dataset="nmnist", root=str(tmp_path / "data"), T=T, run_dir=run)
         dm.setup()
         plans.append(dm.plan.fingerprint)
     assert plans[0] == plans[1] == plans[2]
 
 
 def test_a_changed_event_folder_is_refused(tmp_path):
-    write_nmnist(tmp_path / "data", per_class=(1, 2))
+    write_nmnist(tmp_path / "data", per_class=(7, 8))
     run = str(tmp_path / "run")
-    MembershipDataModule(dataset="nmnist", root=str(tmp_path / "data"), population=2, run_dir=run).setup()
+    MembershipDataModule(dataset="nmnist", root=str(tmp_path / "data"), run_dir=run).setup()
     # the same files, one moved from Test/ to Train/: same classes, counts and sizes, other order
-    (tmp_path / "data" / "Test" / "4" / "00001.bin").rename(tmp_path / "data" / "Train" / "4" / "00001.bin")
+    (tmp_path / "data" / "Test" / "4" / "00007.bin").rename(tmp_path / "data" / "Train" / "4" / "00007.bin")
     with pytest.raises(ConfigError, match=r"the dataset under data.root changed \(.*other names or sizes"):
-        MembershipDataModule(dataset="nmnist", root=str(tmp_path / "data"), population=2, run_dir=run).setup()
+        MembershipDataModule(dataset="nmnist", root=str(tmp_path / "data"), run_dir=run).setup()
 
 
 def _empty_class(root):

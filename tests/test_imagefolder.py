@@ -11,6 +11,9 @@ from datamodules import MembershipDataModule, load_pool, make_plan, save_plan
 from writers import write_image_folder
 
 SPLIT_LAYOUT = {"train": {"cat": 3, "dog": 2, "eel": 2}, "val": {"cat": 1, "dog": 1, "eel": 1}}
+# A folder large enough for a plan: 155 images, the default population of 100 (the minimum) and
+# an audit set of 55 (at least 50: datamodules/plan.py).
+PLAN_LAYOUT = {"train": {"cat": 52, "dog": 50, "eel": 50}, "val": {"cat": 1, "dog": 1, "eel": 1}}
 
 
 def test_train_and_val_are_read_into_one_pool_train_first(tmp_path):
@@ -63,13 +66,13 @@ def test_parallel_decoding_gives_the_same_pool(tmp_path):
 
 
 def test_datamodule_gives_images_in_0_1_and_links_classes(tmp_path):
-    write_image_folder(tmp_path / "data", SPLIT_LAYOUT)
+    write_image_folder(tmp_path / "data", PLAN_LAYOUT)
     dm = MembershipDataModule(dataset="imagefolder", root=str(tmp_path / "data"), image_size=16, num_references=2,
-                              population=2, run_dir=str(tmp_path / "run"))
+                              run_dir=str(tmp_path / "run"))
     assert dm.num_classes == 3 and dm.input_shape == (3, 16, 16) and dm.input_frames is None and dm.augment
     dm.setup("fit")
     x, y, i = next(iter(dm.audit_dataloader()))
-    assert x.shape == (8, 3, 16, 16) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    assert x.shape == (55, 3, 16, 16) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
     train = next(iter(dm.train_dataloader()))[0]
     assert train.shape[1:] == (3, 16, 16)
     plan = json.loads((tmp_path / "run" / "plan.json").read_text())
@@ -77,40 +80,39 @@ def test_datamodule_gives_images_in_0_1_and_links_classes(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda root: write_image_folder(root, {"val": {"cat": 2}}), r"files: 10 \(.*\) in the plan, 11"),
-    (lambda root: (root / "train" / "eel" / "img_000.png").unlink(), r"class 'eel': 3 samples in the plan, 2 now"),
+    (lambda root: write_image_folder(root, {"val": {"cat": 2}}), r"files: 155 \(.*\) in the plan, 156"),
+    (lambda root: (root / "train" / "eel" / "img_000.png").unlink(), r"class 'eel': 51 samples in the plan, 50 now"),
     (lambda root: (root / "val" / "dog" / "img_000.png").rename(root / "val" / "dog" / "renamed.png"),
      r"other names or sizes"),
 ])
 def test_a_changed_folder_is_refused_saying_what_changed(tmp_path, change, message):
     root, run = tmp_path / "data", str(tmp_path / "run")
-    write_image_folder(root, SPLIT_LAYOUT)
-    MembershipDataModule(dataset="imagefolder", root=str(root), image_size=8, population=2, run_dir=run).setup()
+    write_image_folder(root, PLAN_LAYOUT)
+    MembershipDataModule(dataset="imagefolder", root=str(root), image_size=8, run_dir=run).setup()
     change(root)
     with pytest.raises(ConfigError, match=message) as err:
-        MembershipDataModule(dataset="imagefolder", root=str(root), image_size=8, population=2, run_dir=run).setup()
+        MembershipDataModule(dataset="imagefolder", root=str(root), image_size=8, run_dir=run).setup()
     assert "the dataset under data.root changed" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_other_image_size_or_a_new_class_is_refused(tmp_path):
     root, run = tmp_path / "data", str(tmp_path / "run")
-    write_image_folder(root, SPLIT_LAYOUT)
-    MembershipDataModule(dataset="imagefolder", root=str(root), image_size=8, population=2, run_dir=run).setup()
+    write_image_folder(root, PLAN_LAYOUT)
+    MembershipDataModule(dataset="imagefolder", root=str(root), image_size=8, run_dir=run).setup()
     with pytest.raises(ConfigError, match="image_size: plan has 8, config gives 12"):
-        MembershipDataModule(dataset="imagefolder", root=str(root), image_size=12, population=2, run_dir=run).setup()
+        MembershipDataModule(dataset="imagefolder", root=str(root), image_size=12, run_dir=run).setup()
     write_image_folder(root, {"train": {"fox": 1}, "val": {"fox": 1}})
     with pytest.raises(ConfigError, match=r"classes: 3 in the plan, 4 now \(new 'fox'\)"):
-        MembershipDataModule(dataset="imagefolder", root=str(root), image_size=8, population=2, run_dir=run).setup()
+        MembershipDataModule(dataset="imagefolder", root=str(root), image_size=8, run_dir=run).setup()
 
 
 def test_the_same_folder_elsewhere_matches_the_plan(tmp_path):
-    write_image_folder(tmp_path / "a", SPLIT_LAYOUT)
-    write_image_folder(tmp_path / "b", SPLIT_LAYOUT)  # a copy under another root
+    write_image_folder(tmp_path / "a", PLAN_LAYOUT)
+    write_image_folder(tmp_path / "b", PLAN_LAYOUT)  # a copy under another root
     run = str(tmp_path / "run")
-    dm = MembershipDataModule(dataset="imagefolder", root=str(tmp_path / "a"), image_size=8, population=2, run_dir=run)
+    dm = MembershipDataModule(dataset="imagefolder", root=str(tmp_path / "a"), image_size=8, run_dir=run)
     dm.setup()
-    again = MembershipDataModule(dataset="imagefolder", root=str(tmp_path / "b"), image_size=8, population=2,
-                                 run_dir=run)
+    again = MembershipDataModule(dataset="imagefolder", root=str(tmp_path / "b"), image_size=8, run_dir=run)
     again.setup()
     assert torch.equal(again.membership, dm.membership)
 
@@ -176,11 +178,11 @@ def test_two_same_size_images_swapped_between_classes_are_another_dataset(tmp_pa
     import os
 
     root, run = tmp_path / "data", str(tmp_path / "run")
-    write_image_folder(root, SPLIT_LAYOUT)
+    write_image_folder(root, PLAN_LAYOUT)
     a, b = root / "train" / "cat" / "img_000.png", root / "train" / "dog" / "img_000.png"
     data_a, data_b = a.read_bytes(), b.read_bytes()
     assert len(data_a) == len(data_b) and data_a != data_b  # names and sizes cannot tell them apart
-    MembershipDataModule(dataset="imagefolder", root=str(root), image_size=8, population=2, run_dir=run).setup()
+    MembershipDataModule(dataset="imagefolder", root=str(root), image_size=8, run_dir=run).setup()
     times = {p: (p.stat().st_atime_ns, p.stat().st_mtime_ns) for p in (a, b)}
     a.write_bytes(data_b)
     b.write_bytes(data_a)
@@ -188,7 +190,7 @@ def test_two_same_size_images_swapped_between_classes_are_another_dataset(tmp_pa
         for p, t in times.items():
             os.utime(p, ns=t)
     with pytest.raises(ConfigError, match="other contents") as err:
-        MembershipDataModule(dataset="imagefolder", root=str(root), image_size=8, population=2, run_dir=run).setup()
+        MembershipDataModule(dataset="imagefolder", root=str(root), image_size=8, run_dir=run).setup()
     assert "the dataset under data.root changed" in str(err.value) and "\n" not in str(err.value)
 
 
@@ -216,8 +218,8 @@ def test_a_rerun_reads_only_the_files_that_changed(tmp_path, monkeypatch):
 
 def test_a_plan_drawn_before_contents_were_hashed_still_matches(tmp_path):
     root, run = tmp_path / "data", tmp_path / "run"
-    write_image_folder(root, SPLIT_LAYOUT)
-    dm = MembershipDataModule(dataset="imagefolder", root=str(root), image_size=8, population=2, run_dir=str(run))
+    write_image_folder(root, PLAN_LAYOUT)
+    dm = MembershipDataModule(dataset="imagefolder", root=str(root), image_size=8, run_dir=str(run))
     dm.setup()
     from core.rundir import tensors_sha256
     from datamodules.plan import plan_tensors
@@ -226,6 +228,6 @@ def test_a_plan_drawn_before_contents_were_hashed_still_matches(tmp_path):
     del record["dataset_identity"]["contents_sha256"]  # what this tool wrote before
     (run / "plan.json").write_text(json.dumps(record, indent=2) + "\n")
     assert record["content_sha256"] == tensors_sha256(plan_tensors(dm.plan))
-    again = MembershipDataModule(dataset="imagefolder", root=str(root), image_size=8, population=2, run_dir=str(run))
+    again = MembershipDataModule(dataset="imagefolder", root=str(root), image_size=8, run_dir=str(run))
     again.setup()
     assert torch.equal(again.membership, dm.membership)

@@ -228,7 +228,7 @@ def test_test_and_validate_write_their_own_logs(finished, capsys):
     (["--references", "{bogus: 1}"], "bogus"),
     (["--model.weight_decay", "-1"], "model.weight_decay=-1"),
     (["--model.momentum", "1.5"], "model.momentum=1.5"),
-    (["--trainer.callbacks.audit_subset", "2"], "audit_subset=2"),
+    (["--trainer.callbacks.audit_subset", "49"], "audit_subset=49"),
     (["--trainer.max_epochs", "0"], "trainer.max_epochs=0"),
     (["--trainer.max_epochs", "-1"], "trainer.max_epochs=-1"),
 ])

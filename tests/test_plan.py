@@ -47,7 +47,9 @@ def test_population_defaults_and_forms():
     assert resolve_population(None, 70_000) == 1000
     assert resolve_population(0.25, 1000) == 250
     assert resolve_population(123, 1000) == 123
-    for bad in (0, -1, 1.5, 0.0, 999, "x"):
+    assert resolve_population(None, 400) == 100  # 10% would be 40: the default never goes below the minimum
+    assert resolve_population(0.1, 1000) == 100 and resolve_population(100, 1000) == 100
+    for bad in (0, -1, 1.5, 0.0, 999, "x", 99, 0.09):
         with pytest.raises(ConfigError, match="data.population"):
             resolve_population(bad, 1000)
 
@@ -144,19 +146,57 @@ def test_datamodule_bad_values(kwargs, key):
         MembershipDataModule(**kwargs)
 
 
-@pytest.mark.parametrize("audit_size", [0, 1, 2, 3])
+@pytest.mark.parametrize("audit_size", [0, 3, 4, 49])
 def test_an_audit_too_small_for_its_interval_is_refused_naming_the_minimum(audit_size):
     with pytest.raises(ConfigError, match=rf"data.audit_size={audit_size} is not allowed; expected null or an integer "
-                                          r"in \[4, 1617\] \(at least two members and two non-members"):
+                                          r"in \[50, 1617\]: below 50 audit samples, the AUC's 95% interval of an "
+                                          r"attack with no signal wrongly rules out 0.5 .* see docs/limits.md"):
         make_plan(**{**SETTINGS, "audit_size": audit_size})
-    make_plan(**{**SETTINGS, "audit_size": 4})  # the minimum itself is allowed
+    plan = make_plan(**{**SETTINGS, "audit_size": 50})  # the minimum itself is allowed
+    assert plan.membership.shape == (7, 50) and plan.membership.sum(1).tolist() == [25] * 7
 
 
-def test_a_pool_that_leaves_too_few_for_the_audit_is_refused():
-    with pytest.raises(ConfigError, match=r"the pool of 6 samples leaves 3 for the audit after the population of 3 .*"
-                                          r"at least 4"):
-        make_plan(dataset="tiny", pool_size=6, num_references=2, seed=0, population=3)
-    assert make_plan(dataset="tiny", pool_size=6, num_references=2, seed=0, population=2).membership.shape == (3, 4)
+@pytest.mark.parametrize("population, shown", [(99, "data.population=99 is below"),
+                                                (0.05, "data.population=0.05 gives 90 samples, which is below")])
+def test_a_population_too_small_for_the_test_accuracy_is_refused_naming_the_minimum(population, shown):
+    with pytest.raises(ConfigError, match=rf"{shown} the minimum of 100: the target's test accuracy is measured on it,"
+                                          r" .* see docs/limits.md"):
+        make_plan(**{**SETTINGS, "population": population})
+    assert make_plan(**{**SETTINGS, "population": 100}).population_indices.numel() == 100  # the minimum itself
+
+
+def test_a_pool_too_small_for_an_audit_is_refused():
+    with pytest.raises(ConfigError, match=r"the pool of 149 samples is too small to audit: it needs at least 150, a "
+                                          r"population of 100 .* and an audit set of 50"):
+        make_plan(dataset="tiny", pool_size=149, num_references=2, seed=0)
+    plan = make_plan(dataset="tiny", pool_size=150, num_references=2, seed=0)  # the default population: 100
+    assert plan.population_indices.numel() == 100 and plan.membership.shape == (3, 50)
+    with pytest.raises(ConfigError, match=r"the pool of 200 samples leaves 49 for the audit after the population of "
+                                          r"151 \(data.population=151\), below the minimum of 50; use a smaller "
+                                          r"data.population or more data \(at least 150 samples\): below 50 audit"):
+        make_plan(dataset="tiny", pool_size=200, num_references=2, seed=0, population=151)
+    plan = make_plan(dataset="tiny", pool_size=200, num_references=2, seed=0, population=150)
+    assert plan.membership.shape == (3, 50)
+
+
+def _fit_refused(tmp_path, *flags):
+    """`run.py fit` as a user runs it, in its own process: (exit code, stderr lines, run_dir)."""
+    rd = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "run.py", "fit", "--run_dir", str(rd), *flags], capture_output=True,
+                          text=True, timeout=120)
+    return proc.returncode, proc.stderr.strip().splitlines(), rd
+
+
+@pytest.mark.parametrize("flag, value, key", [
+    ("--data.audit_size", "49", "data.audit_size=49 is not allowed; expected an integer in [50, inf] or null (the rest "
+                                "of the pool): below 50 audit samples"),
+    ("--data.population", "99", "data.population=99 is below the minimum of 100: the target's test accuracy is measured on it"),
+])
+def test_too_small_sizes_are_one_line_exit_2_from_run_py_fit_writing_nothing(tmp_path, flag, value, key):
+    code, err, rd = _fit_refused(tmp_path, flag, value, "--trainer.max_epochs", "1")
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and key in err[0], err
+    assert "docs/limits.md" in err[0] and "Traceback" not in err[0]
+    assert not rd.exists()  # no plan, no model folder, not even the run directory
 
 
 @pytest.mark.parametrize("flag, value, key", [("--data.audit_size", "3", "data.audit_size=3"),
@@ -167,5 +207,32 @@ def test_too_small_sizes_are_one_line_exit_2_before_anything_is_written(tmp_path
     rd = tmp_path / "run"
     assert run.main(["fit", "--run_dir", str(rd), flag, value]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and key in err[0] and "at least" in err[0], err
+    assert len(err) == 1 and err[0].startswith("error: ") and key in err[0], err
+    assert "minimum of 50" in err[0] or "[50, " in err[0], err
     assert not (rd / "plan.json").exists() and not list(rd.glob("model_*"))
+
+
+def test_a_fit_at_the_minimums_audits_them(tmp_path, capsys):
+    import run
+
+    rd = tmp_path / "run"
+    assert run.main(["fit", "--run_dir", str(rd), "--data.audit_size", "50", "--data.population", "100",
+                     "--data.num_references", "0", "--model.kind", "ann", "--model.width", "0.25",
+                     "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
+                     "--trainer.enable_model_summary", "false"]) == 0
+    settings = json.loads((rd / "audit" / "report.json").read_text())["settings"]
+    assert settings["audit_samples"] == 50 and settings["population_samples"] == 100
+
+
+@pytest.mark.parametrize("flags, key", [(["--data.audit_size", "49"], "data.audit_size=49"),
+                                        (["--data.population", "99"], "data.population=99")])
+def test_sizes_below_the_minimum_are_refused_by_the_parser_with_no_pool(flags, key, monkeypatch):
+    """The checks that need no data run when the data module is built, so the parser that `run.py
+    study` and `submit` run on every entry before training refuses them; no pool is loaded."""
+    from datamodules import membership
+    from training.cli import parse_config
+
+    monkeypatch.setattr(membership, "load_pool", lambda *a, **k: pytest.fail("the pool was loaded"))
+    with pytest.raises(ConfigError, match=rf"{key} is .*(\[50, inf\]|minimum of 100).* see docs/limits.md"):
+        parse_config(flags)
+    parse_config(["--data.audit_size", "50", "--data.population", "100"])  # the minimums themselves parse

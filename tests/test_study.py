@@ -384,6 +384,14 @@ def test_report_states_train_and_test_accuracy_and_gap_with_intervals():
      ["--queries", "[nope]"], "entry 'ann (seed 0)': run.py audit: queries=['nope']"),
     ([{"name": "ann", "args": ["--model.kind", "ann"]}, {"name": "snn_T1", "args": ["--model.kind", "snn"]}],
      ["--latencies", "[0]"], "entry 'ann (seed 0)': run.py audit: latencies=[0]"),
+    # sizes below the minimums (docs/limits.md) in the last entry, and an audit subset below its own
+    ([{"name": "ann", "args": ["--model.kind", "ann"]}, {"name": "snn_T1", "args": ["--data.audit_size", "20"]}],
+     ["--queries", "[plain]"], "entry 'snn_T1 (seed 0)': run.py fit: data.audit_size=20 is not allowed; expected an "
+                               "integer in [50, inf]"),
+    ([{"name": "ann", "args": ["--model.kind", "ann"]}, {"name": "snn_T1", "args": ["--data.population", "10"]}],
+     ["--queries", "[plain]"], "entry 'snn_T1 (seed 0)': run.py fit: data.population=10 is below the minimum of 100"),
+    ([{"name": "ann", "args": ["--model.kind", "ann"]}, {"name": "snn_T1", "args": ["--model.kind", "snn"]}],
+     ["--audit_subset", "10"], "entry 'ann (seed 0)': run.py audit: audit_subset=10 is not allowed"),
 ])
 def test_every_entry_is_checked_before_anything_trains(tmp_path, capsys, entries, audit_args, said):
     import time

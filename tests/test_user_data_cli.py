@@ -12,10 +12,10 @@ from writers import write_image_folder, write_nmnist
 
 def test_fit_and_audit_on_event_data_snn_target_ann_references(tmp_path, fast_trainer_args, capsys):
     data, rd = tmp_path / "nmnist", tmp_path / "run"
-    # 220 samples, 210 audited: 105 non-members, enough to measure TPR at 1% FPR
+    # 220 samples: the population's minimum of 100, and 120 audited
     write_nmnist(data, per_class=(12, 10), events=60)
     base = ["--run_dir", str(rd), "--data.dataset", "nmnist", "--data.root", str(data), "--model.T", "2",
-            "--data.num_references", "2", "--data.population", "10", "--model.width", "0.25"]
+            "--data.num_references", "2", "--data.population", "100", "--model.width", "0.25"]
     fit = ["fit", *base, "--references", "{kind: ann}", "--trainer.max_epochs", "1", *fast_trainer_args,
            "--trainer.callbacks.queries", '[plain, "event_drop:p=0.2,n=2"]']
     assert run.main(fit) == 0
@@ -65,7 +65,7 @@ def test_imagefolder_classes_reach_the_model(tmp_path):
     (["--trainer.callbacks.queries", '["event_jitter:sigma=1,n=2"]'], "event_jitter_s1.0_n2 do(es) not apply to images"),
 ])
 def test_bad_user_data_settings_end_in_one_line(tmp_path, capsys, fast_trainer_args, flags, key):
-    write_nmnist(tmp_path / "nmnist")
+    write_nmnist(tmp_path / "nmnist", per_class=(8, 7))  # 150 recordings: enough for a plan
     flags = [f.replace("{tmp}", str(tmp_path)) for f in flags]
     assert run.main(["fit", "--run_dir", str(tmp_path / "r"), "--data.num_references", "2", *flags,
                      *fast_trainer_args]) == 2

@@ -25,7 +25,7 @@ def write_image_folder(root: Path, layout: dict[str, dict[str, int]], size=(40, 
             folder = root / split / cls
             folder.mkdir(parents=True, exist_ok=True)
             for k in range(n):
-                colour = (40 * c + 10, 7 * k + 3, 200 - 20 * c)
+                colour = (40 * c + 10, (7 * k + 3) % 256, 200 - 20 * c)
                 path = folder / f"img_{k:03d}.{fmt.lower()}"
                 Image.new("RGB", size, colour).save(path, fmt)
                 written.append((path.relative_to(root), colour))
