@@ -1,7 +1,9 @@
 """The study's combined report: run_dir/study/report.json and report.md (every entry's mean
 and 95% interval over seeds x targets, the paper's findings with verdicts), and its plots:
 leakage_vs_T.png (with error bars), leakage_vs_epsilon.png (DP entries), roc_overlay.png and
-auc_per_epoch.png."""
+auc_per_epoch.png. With a DP entry or canaries, report.md has a DP audit table (`dp_audit` in
+report.json): the accountant's epsilon beside the natural-data, black-box canary and white-box
+canary bounds."""
 
 from __future__ import annotations
 
@@ -121,6 +123,7 @@ def markdown(study: dict) -> str:
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
     lines += dp_section(study)
+    lines += dp_audit_section(study)
     lines += access_markdown(study)
     lines += ["distinct conf.: distinct confidences of the first seed's main target / N under that query setting "
               "(low = many ties).",
@@ -184,6 +187,102 @@ def dp_section(study: dict) -> list[str]:
         else:
             ok, cells = "(no DP)", ["inf (no DP)", "", "", "", ""]
         lines.append("| " + " | ".join([name, _label(e), *cells, fmt(accuracy(study, name)), lb, where, ok]) + " |")
+    return lines + [""]
+
+
+def _largest_of(attacks: dict) -> tuple[float, str] | None:
+    """The largest eps_lb of one target's attack settings and the setting it came from."""
+    best = None
+    for name, metrics in attacks.items():
+        v = metrics.get("eps_lb") if isinstance(metrics, dict) else None
+        if v is not None and (best is None or v > best[0]):
+            best = (float(v), name)
+    return best
+
+
+def _canary_facts(audit: dict | None, *keys: str) -> dict | None:
+    return None if not audit else {k: audit.get(k) for k in ("count", *keys, "guesses", "correct", "eps_lb", "delta")}
+
+
+def dp_audit_rows(study: dict) -> list[dict]:
+    """The numbers of the DP audit table: one row per entry and seed, all of the main target
+    (model 0, the model both canary audits score): the accountant's epsilon (target.dp), the
+    natural-data eps_lb (largest over attack settings, for model 0 and over every target), the
+    black-box canary audit (the entry report's `canary_audit`), the white-box one
+    (target.dp.audit_canaries) with eps_lb / epsilon, and which bounds exceed epsilon. Empty when
+    no entry has a DP claim or canaries."""
+    out = []
+    for name, e in study["entries"].items():
+        fallback = {k: e.get(k) for k in ("target", "attacks", "canary_audit")}
+        for seed, run in (e.get("seeds") or {"None": fallback}).items():
+            run = run or fallback
+            target = run.get("target") or e.get("target") or {}
+            dp = target.get("dp")
+            canary = run.get("canary_audit")
+            white = (dp or {}).get("audit_canaries")
+            values = target_values(run)
+            main = int(target.get("index", 0))
+            own = _largest_of(values.get(main) or run.get("attacks") or {})
+            per_target = {m: _largest_of(attacks) for m, attacks in values.items()}
+            every = max(((b[0], f"{b[1]}, target {m}") for m, b in per_target.items() if b), default=None)
+            row = {"entry": name, "seed": None if seed == "None" else int(seed),
+                   "epsilon": dp["epsilon"] if dp else None, "delta": dp["delta"] if dp else None,
+                   "test_acc": target.get("test_acc"),
+                   "natural_eps_lb": own[0] if own else None, "natural_from": own[1] if own else None,
+                   "natural_eps_lb_every_target": every[0] if every else None,
+                   "natural_every_target_from": every[1] if every else None,
+                   "canary": _canary_facts(canary, "kind"), "whitebox": _canary_facts(white),
+                   "whitebox_ratio": white["eps_lb"] / dp["epsilon"] if white and dp and dp["epsilon"] else None}
+            if dp:
+                bounds = {"natural": row["natural_eps_lb_every_target"], "black-box canaries": (canary or {}).get("eps_lb"),
+                          "white-box canaries": (white or {}).get("eps_lb")}
+                row["above_epsilon"] = [k for k, v in bounds.items() if v is not None and v > dp["epsilon"] + 1e-9]
+            out.append(row)
+    if not any(r["epsilon"] is not None or r["canary"] or r["whitebox"] for r in out):
+        return []
+    return out
+
+
+def dp_audit_section(study: dict) -> list[str]:
+    """The DP audit table (shown when an entry has a DP claim or canaries): per entry, the
+    accountant's epsilon beside every empirical lower bound on it, natural data, black-box
+    canaries and white-box gradient canaries, each of the main target."""
+    rows = study.get("dp_audit") or dp_audit_rows(study)
+    if not rows:
+        return []
+    seeds = len({r["seed"] for r in rows}) > 1
+
+    def lb(v, audit=None):
+        if v is None:
+            return "n/a"
+        return f"{v:.3f}" + (f" ({audit['correct']} / {audit['guesses']})" if audit else "")
+
+    lines = ["## DP audit: the accountant's epsilon against natural-data and canary bounds", "",
+             "Every number is of the main target (model 0), the model both canary audits score, except the last "
+             "natural eps_lb. natural eps_lb: the largest of model 0's 95% lower bounds over every attack and query setting (at the audit's delta), then the "
+             "largest over every target; the largest of several is not itself a 95% bound. Black box: the one-run bound "
+             "on the plan's canaries (data.canaries), scored by the target's confidence on each canary's label; white "
+             "box: the one-run bound on the DP model's gradient canaries (model.dp.audit_canaries). Each canary bound is "
+             "the final model's, 95% with the choice of guesses corrected for, at the DP model's delta (without DP, the "
+             "audit's), with its right guesses / guesses. A DP entry with any bound above its epsilon is flagged.", "",
+             "| entry | " + ("seed | " if seeds else "") + "model | epsilon (accountant) | test acc | natural eps_lb "
+             "(model 0) | natural eps_lb (every target) | black-box canaries | black-box eps_lb | white-box canaries "
+             "| white-box eps_lb | white-box eps_lb / epsilon | bounds <= epsilon |",
+             "|---" * (12 + seeds) + "|"]
+    for r in rows:
+        e, c, w = study["entries"][r["entry"]], r["canary"], r["whitebox"]
+        check = ("(no DP)" if r["epsilon"] is None else "yes" if not r["above_epsilon"]
+                 else "**NO: " + ", ".join(r["above_epsilon"]) + "**")
+        cells = [r["entry"], *([str(r["seed"])] if seeds else []), _label(e),
+                 "inf (no DP)" if r["epsilon"] is None else f"{r['epsilon']:.3g}",
+                 "n/a" if r["test_acc"] is None else f"{r['test_acc']:.3f}",
+                 lb(r["natural_eps_lb"]) + (f" ({r['natural_from']})" if r["natural_eps_lb"] else ""),
+                 lb(r["natural_eps_lb_every_target"])
+                 + (f" ({r['natural_every_target_from']})" if r["natural_eps_lb_every_target"] else ""),
+                 f"{c['count']} {c['kind']}" if c else "none", lb(c["eps_lb"], c) if c else "n/a",
+                 str(w["count"]) if w else "none", lb(w["eps_lb"], w) if w else "n/a",
+                 "n/a" if r["whitebox_ratio"] is None else f"{r['whitebox_ratio']:.3f}", check]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
 
 
@@ -460,8 +559,10 @@ def write_study_report(spec: dict, plans: dict, reports: dict[tuple, dict], fact
                          "skipped": r.get("skipped", {}), "settings": r.get("settings", {}),
                          "curves": r.get("curves", {}), "history": r.get("history", []),
                          "seeds": {str(seed): {k: reports[name, seed].get(k) for k in
-                                               ("target", "attacks", "targets", "across_targets", "history")}
-                                   for seed in seeds}}
+                                               ("target", "attacks", "targets", "across_targets", "history",
+                                                "canary_audit")}
+                                   for seed in seeds},
+                         "canary_audit": r.get("canary_audit")}
     study = {
         "name": spec["name"],
         "run_dir": spec["run_dir"],
@@ -475,6 +576,7 @@ def write_study_report(spec: dict, plans: dict, reports: dict[tuple, dict], fact
     }
     study.update(aggregate(study))
     study["access"] = access_summary(study)
+    study["dp_audit"] = dp_audit_rows(study)
     atomic_write(out / "report.json", lambda p: p.write_text(json.dumps(study, indent=1) + "\n"))
     atomic_write(out / "report.md", lambda p: p.write_text(markdown(study)))
     plot_leakage_vs_T(study, out / "leakage_vs_T.png")

@@ -18,7 +18,7 @@ entry's (same seed, K, population, audit set), then `run.py audit <base_args> <a
 --run_dir run_dir/<name>` (signals come from the cache on a rerun). Then run_dir/study/ gets
 report.json (every entry's attacks, target, settings, curves), report.md (one row per entry),
 leakage_vs_T.png, roc_overlay.png, auc_per_epoch.png, and leakage_vs_epsilon.png when an entry
-was trained with DP (model.dp). How each entry was made
+was trained with DP (model.dp); with DP or canaries, report.md's DP audit table. How each entry was made
 (init, references overrides) is read from its model_0/done.json. Exit codes: 0 done, 2 bad study file or flag (one line,
 nothing written), 1 a run failed or the plans differ (one line naming the entry).
 """

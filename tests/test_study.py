@@ -405,3 +405,76 @@ def test_every_entry_is_checked_before_anything_trains(tmp_path, capsys, entries
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {said}"), err
     assert sorted(tmp_path.rglob("*")) == before and not rd.exists()  # nothing trained, nothing written
+
+
+def _dp_audit_report(kind, eps=None, natural=(0.0, 0.0, 0.0), canary=None, white=None):
+    """An entry's audit report.json of the shape `run.py audit --targets all` writes: model 0 and
+    two rotated targets with their eps_lb, the black-box `canary_audit`, and target.dp with its
+    white-box `audit_canaries`."""
+    dp = None if eps is None else {"epsilon": eps, "delta": 1e-5, "noise_multiplier": 0.9, "sample_rate": 0.06,
+                                   "steps": 160, "audit_canaries": white}
+    targets = {str(m): {"test_acc": 0.7, "attacks": {"attack_p": {"auc": 0.5, "eps_lb": lb},
+                                                     "rmia_offline": {"auc": 0.5, "eps_lb": lb / 2}}}
+               for m, lb in enumerate(natural)}
+    return {"target": {"kind": kind, "T": 4 if kind == "snn" else None, "index": 0, "test_acc": 0.71, "dp": dp},
+            "attacks": targets["0"]["attacks"], "targets": targets, "history": [],
+            "curves": {"rmia_offline": {"fpr": [0.0, 0.5, 1.0], "tpr": [0.0, 0.5, 1.0]}},
+            "canary_audit": canary}
+
+
+def test_dp_audit_table_puts_every_bound_beside_the_accountants_epsilon(tmp_path):
+    """write_study_report carries each entry's canary audits into the study report, and report.md's
+    DP audit table gives, per entry, the accountant's epsilon, model 0's natural eps_lb and the
+    largest over every target, the black-box and white-box canary bounds with right / guesses, and
+    eps_lb / epsilon; a DP entry with a bound above its epsilon is flagged."""
+    from study.report import write_study_report
+
+    def audit(eps_lb, correct, guesses, **extra):
+        return {"count": 1000, "guesses": guesses, "correct": correct, "eps_lb": eps_lb, "delta": 1e-5, **extra}
+    reports = {
+        ("ann_eps8", None): _dp_audit_report("ann", 7.99, natural=(0.06, 0.4, 0.1),
+                                             canary=audit(0.3, 60, 100, kind="noise"),
+                                             white={**audit(1.6, 180, 200), "count": 2000}),
+        ("snn_eps1", None): _dp_audit_report("snn", 0.99, canary=audit(2.5, 199, 200, kind="noise"),
+                                             white={**audit(0.2, 70, 100), "count": 2000}),
+        ("ann_nodp", None): _dp_audit_report("ann", natural=(1.2, 0.3, 1.8), canary=audit(4.1, 400, 400, kind="noise")),
+    }
+    spec = {"name": "dp_canaries", "run_dir": str(tmp_path / "study"), "base_args": [], "audit_args": [],
+            "entries": [{"name": n, "args": []} for n, _ in reports]}
+    study = write_study_report(spec, {None: {"seed": 0}}, reports, {k: {"init": "scratch"} for k in reports},
+                               lambda spec, seed: tmp_path / "study")
+    saved = json.loads((tmp_path / "study" / "study" / "report.json").read_text())
+    assert saved["entries"]["ann_eps8"]["canary_audit"]["eps_lb"] == 0.3
+    assert saved["entries"]["ann_eps8"]["seeds"]["None"]["canary_audit"]["correct"] == 60
+    rows = {r["entry"]: r for r in saved["dp_audit"]}
+    assert rows["ann_eps8"]["epsilon"] == 7.99 and rows["ann_eps8"]["natural_eps_lb"] == 0.06
+    assert rows["ann_eps8"]["natural_eps_lb_every_target"] == 0.4
+    assert rows["ann_eps8"]["natural_every_target_from"] == "attack_p, target 1"
+    assert rows["ann_eps8"]["whitebox_ratio"] == pytest.approx(1.6 / 7.99)
+    assert rows["snn_eps1"]["above_epsilon"] == ["black-box canaries"]
+    assert rows["ann_nodp"]["epsilon"] is None and rows["ann_nodp"]["whitebox"] is None
+    assert "above_epsilon" not in rows["ann_nodp"]
+
+    md = (tmp_path / "study" / "study" / "report.md").read_text().splitlines()
+    head = next(i for i, line in enumerate(md) if line.startswith("| entry | model | epsilon (accountant) | test acc "
+                                                                     "| natural eps_lb (model 0)"))
+    assert md[head - 4].startswith("## DP audit")
+    table = {line.split(" | ")[0][2:]: line for line in md[head + 2:head + 5]}
+    assert table["ann_eps8"] == ("| ann_eps8 | ann, DP eps=7.99 | 7.99 | 0.710 | 0.060 (attack_p) | 0.400 (attack_p, target 1) "
+                                 "| 1000 noise | 0.300 (60 / 100) | 2000 | 1.600 (180 / 200) | 0.200 | yes |")
+    assert table["snn_eps1"].endswith("| 2000 | 0.200 (70 / 100) | 0.202 | **NO: black-box canaries** |")
+    assert table["ann_nodp"] == ("| ann_nodp | ann | inf (no DP) | 0.710 | 1.200 (attack_p) | 1.800 (attack_p, target 2) "
+                                 "| 1000 noise | 4.100 (400 / 400) | none | n/a | n/a | (no DP) |")
+    assert study["dp_audit"] == saved["dp_audit"]
+
+
+def test_dp_audit_table_only_with_a_dp_claim_or_canaries():
+    from study.report import dp_audit_rows, dp_audit_section
+
+    plain = {"entries": {"ann": {**_dp_audit_report("ann"), "converted": False, "references": None}}}
+    assert dp_audit_rows(plain) == [] and dp_audit_section(plain) == []
+    canaries = {"entries": {"ann": {**_dp_audit_report("ann", canary={"count": 10, "kind": "mislabel", "guesses": 10,
+                                                                      "correct": 9, "eps_lb": 0.5, "delta": 0.0}),
+                                    "converted": False, "references": None}}}
+    section = dp_audit_section(canaries)
+    assert section[0].startswith("## DP audit") and any("| 10 mislabel | 0.500 (9 / 10) |" in s for s in section)
