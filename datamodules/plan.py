@@ -246,6 +246,21 @@ def check_fingerprint(saved: dict, wanted: dict, run_dir: str | Path) -> None:
         )
 
 
+def _read_plan_locked(run_dir: str | Path) -> Plan | None:
+    """load_plan under the plan lock: a process of a SLURM array that only checks the plan
+    must not read it while another task is between writing plan.pt and plan.json (it would see
+    plan.pt alone and call the plan incomplete). A run directory where the lock file cannot be
+    made (read-only) is read without it: nothing can be writing there."""
+    try:
+        lock = PlanLock(run_dir).__enter__()
+    except OSError:
+        return load_plan(run_dir)
+    try:
+        return load_plan(run_dir)
+    finally:
+        lock.__exit__()
+
+
 def load_or_create_plan(run_dir: str | Path | None, save: bool = True, **settings) -> Plan:
     """Load the plan in run_dir (checking its fingerprint and contents) or create and save it
     (with save=False: the plan that would be saved, nothing written). Processes that start
@@ -254,7 +269,7 @@ def load_or_create_plan(run_dir: str | Path | None, save: bool = True, **setting
     if run_dir is None:
         return plan
     if not save:
-        saved = load_plan(run_dir) if Path(run_dir).is_dir() else None
+        saved = _read_plan_locked(run_dir) if Path(run_dir).is_dir() else None
         if saved is not None:
             check_fingerprint(saved.fingerprint, plan.fingerprint, run_dir)
         return saved or plan

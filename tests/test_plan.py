@@ -94,6 +94,37 @@ def test_mismatch_is_an_error_naming_the_difference_and_nothing_is_overwritten(t
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
+def test_a_check_waits_for_a_plan_another_process_is_still_writing(tmp_path):
+    # A SLURM array's tasks start together: one draws the plan (plan.pt, then plan.json) under
+    # the plan lock while another only checks it (save=False, the audit callback's check before
+    # training). The check must wait for the lock, not see plan.pt alone and call it incomplete.
+    import shutil
+    import threading
+    import time
+
+    from core.rundir import PlanLock
+
+    drawn = tmp_path / "drawn"
+    load_or_create_plan(drawn, **SETTINGS)
+    run = tmp_path / "run"
+    run.mkdir()
+    half_written = threading.Event()
+
+    def writer():
+        with PlanLock(run):
+            shutil.copy(drawn / "plan.pt", run / "plan.pt")
+            half_written.set()
+            time.sleep(0.5)
+            shutil.copy(drawn / "plan.json", run / "plan.json")
+
+    t = threading.Thread(target=writer)
+    t.start()
+    assert half_written.wait(10)
+    plan = load_or_create_plan(run, save=False, **SETTINGS)
+    t.join()
+    assert torch.equal(plan.membership, load_plan(drawn).membership)
+
+
 def test_corrupt_plan_is_an_error_naming_the_file(tmp_path):
     load_or_create_plan(tmp_path, **SETTINGS)
     (tmp_path / "plan.pt").write_bytes(b"not a torch file")
