@@ -49,6 +49,14 @@ def main(args: list[str] | None = None) -> int:
     except ToolError as err:  # every subcommand's errors end the same way: one line, the error's exit status
         print(f"error: {first_line(err, 1000)}", file=sys.stderr)
         return err.exit_code
+    except Exception as err:  # a DDP rank whose peer died (kill -9, OOM, a lost node): one line, exit 1
+        from core.errors import lost_peer
+
+        line = lost_peer(err)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr, flush=True)
+        return 1
 
 
 def _route(args: list[str] | None) -> int:

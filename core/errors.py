@@ -37,6 +37,45 @@ def first_line(err: BaseException, limit: int = 200) -> str:
     return text.splitlines()[0][:limit] if text else type(err).__name__
 
 
+# What a collective says when another process of the group is gone (killed, out of memory,
+# its node lost): gloo's TCP pair, NCCL's communicator or watchdog, the store.
+_LOST_PEER = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Connection refused",
+              "NCCL communicator was aborted", "Watchdog caught collective operation timeout",
+              "NCCL error", "Socket Timeout", "Timed out waiting", "failed to recv", "failed to send")
+
+
+def lost_peer(err: BaseException) -> str | None:
+    """For an error raised in a DDP process because another process of the run is gone: the
+    one line that process ends with (which rank, what the backend said, and that a rerun of
+    the same command resumes). None for any other error, which keeps its traceback."""
+    import os
+
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return None
+    rank = world = None
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    elif os.environ.get("WORLD_SIZE", "").isdigit():
+        rank, world = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0), int(os.environ["WORLD_SIZE"])
+    if not world or world < 2:
+        return None
+    seen, cause = set(), err
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        text = str(cause)
+        backend = isinstance(cause, getattr(dist, "DistError", ())) or (
+            isinstance(cause, RuntimeError) and any(marker in text for marker in _LOST_PEER))
+        if backend:
+            said = next((m for m in _LOST_PEER if m in text), first_line(cause, 120))
+            return (f"rank {rank} of {world}: another process of this DDP run stopped ({said}), so this one stops "
+                    "too; rerun the same command: finished models are kept and the interrupted one resumes "
+                    "from its last checkpoint")
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def check_choice(key: str, value, allowed) -> None:
     if value not in allowed:
         raise ConfigError(f"{key}={value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}")

@@ -291,7 +291,8 @@ def train_model(trainer, model, datamodule, cfg, ckpt_path=None) -> None:
             found = resume_checkpoint(run_dir, index)
             if found is not None:
                 ckpt_path = str(found)
-                say(f"resuming model_{index} from {ckpt_path}")
+                if trainer.global_rank == 0:  # every rank resumes; one line says so
+                    say(f"resuming model_{index} from {ckpt_path}")
         if ckpt_path is not None:  # refused in one line before Lightning unpickles it
             hparams, _, _ = read_checkpoint(ckpt_path, label=f"checkpoint {ckpt_path}",
                                             hint=f"it cannot be resumed; delete it to retrain model_{index} from scratch")
