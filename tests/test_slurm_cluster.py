@@ -1,6 +1,7 @@
-"""`run.py submit --submit` on a real SLURM cluster (one node on this machine): the reference
-array, the afterok chain and the audit job; a target requeued mid-training by SIGUSR1; and a
-reference that gets SLURM's time-limit signal after its training finished.
+"""`run.py submit --submit` on a real SLURM cluster (two nodes on this machine: two slurmd on one
+host): the reference array, the afterok chain and the audit job; a target requeued mid-training
+by SIGUSR1; a reference that gets SLURM's time-limit signal after its training finished; and
+`--nodes 2`, one rank per node, whose report equals one node's with two ranks.
 
 .ci/run starts the cluster with tests/slurm/start_cluster.sh (Debian's slurm-wlm and munge,
 about a minute to install, a second to start). Where no cluster answers, these tests skip and
@@ -11,7 +12,9 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +22,7 @@ from cluster.slurm import submit_main
 
 pytestmark = pytest.mark.slow
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--data.num_references", "2", "--trainer.max_epochs", "2", "--model.width", "0.5",
         "--trainer.enable_progress_bar", "false", "--gpus_per_node", "0", "--time", "20"]
 
@@ -139,3 +143,31 @@ def test_a_signal_after_training_finished_ends_the_job_completed(tmp_path, capsy
     assert states[task] == "COMPLETED" and job(task).get("ExitCode") == "0:0", text[-2000:]
     assert "after training finished" in text
     assert (rd / "model_1" / "done.json").is_file()
+
+
+def test_two_real_nodes_give_the_report_of_one_node_with_two_ranks(tmp_path, capsys):
+    # start_cluster.sh gives the cluster two nodes (two slurmd on this host): `sbatch --nodes=2`
+    # runs one rank per node under srun, as on a real cluster, and the DDP ranks talk over gloo.
+    from test_multinode import _env, _free_port, differences
+
+    names = subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True).stdout.split()
+    if len(set(names)) < 2:
+        pytest.skip(f"the cluster has one node ({names}); tests/slurm/start_cluster.sh makes two where it can")
+    rd = tmp_path / "run"
+    ids = submit(capsys, "--run_dir", str(rd), *TINY, "--nodes", "2")
+    jobs = [f"{ids['references']}_1", f"{ids['references']}_2", ids["target"]]
+    states = wait(jobs, timeout=900)
+    logs = "\n".join(p.read_text() for p in sorted((rd / "slurm").glob("*.out")))
+    assert set(states.values()) == {"COMPLETED"}, (states, logs[-3000:])
+    assert all(job(j).get("NumNodes") == "2" for j in jobs), [job(j) for j in jobs]
+    assert logs.count("GLOBAL_RANK: 1, MEMBER: 2/2") == 3  # every model trained by two ranks, one per node
+    # the same flags on one node with two ranks, started here
+    one = tmp_path / "one_node"
+    proc = subprocess.run([sys.executable, "run.py", "fit", "--run_dir", str(one), *TINY[:8], "--trainer.accelerator",
+                           "cpu", "--trainer.strategy", "ddp", "--trainer.devices", "2"], cwd=ROOT,
+                          env=_env(MASTER_PORT=_free_port()), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = json.loads((rd / "audit" / "report.json").read_text())
+    b = json.loads((one / "audit" / "report.json").read_text())
+    assert [h["epoch"] for h in a["history"]] == [0, 1] and a["settings"]["audit_samples"] == 1617
+    assert differences(a, b) == []

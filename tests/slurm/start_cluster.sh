@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# A one-node SLURM cluster on this machine, for tests/test_slurm_cluster.py (and .ci/run):
+# A SLURM cluster on this machine, for tests/test_slurm_cluster.py (and .ci/run):
 #   bash tests/slurm/start_cluster.sh            # installs slurm-wlm + munge if missing, starts the daemons
 #   bash tests/slurm/start_cluster.sh stop
-# Needs root and Debian's packages. The node offers every CPU and most of the memory.
+# Needs root and Debian's packages. Two nodes, snn1 and snn2, each a slurmd of its own on this
+# host (Debian's slurmd runs several per host with -N <node>) with half the CPUs and memory, so
+# that `sbatch --nodes=2` runs for real; their names resolve to 127.0.0.1 through /etc/hosts.
+# With one CPU, or an /etc/hosts that cannot be written, one node (this host's name) instead.
 set -euo pipefail
 if [ "${1:-}" = "stop" ]; then
-  for f in /run/slurmctld.pid /run/slurmd.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
+  for f in /run/slurmctld.pid /run/slurmd*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
   exit 0
 fi
 if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
@@ -14,7 +17,12 @@ fi
 host=$(hostname -s)
 cpus=$(nproc)
 mem=$(awk '/MemTotal/ {print int($2 / 1024 * 0.8)}' /proc/meminfo)
-mkdir -p /run/munge /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /etc/slurm
+nodes=(snn1 snn2)
+if [ "$cpus" -lt 2 ] || ! { getent hosts snn1 >/dev/null || { [ -w /etc/hosts ] && echo "127.0.0.1 snn1 snn2" >> /etc/hosts; }; }; then
+  nodes=("$host")
+fi
+mkdir -p /run/munge /var/spool/slurmctld /var/log/slurm /etc/slurm
+for n in "${nodes[@]}"; do mkdir -p "/var/spool/slurmd/$n"; done
 chown munge:munge /run/munge 2>/dev/null || true
 [ -f /etc/munge/munge.key ] || (dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null && chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key)
 if ! pgrep -x munged >/dev/null; then
@@ -37,20 +45,31 @@ MailProg=/bin/true
 ReturnToService=2
 SchedulerParameters=sched_interval=2
 StateSaveLocation=/var/spool/slurmctld
-SlurmdSpoolDir=/var/spool/slurmd
+SlurmdSpoolDir=/var/spool/slurmd/%n
 SlurmctldPidFile=/run/slurmctld.pid
-SlurmdPidFile=/run/slurmd.pid
+SlurmdPidFile=/run/slurmd-%n.pid
 SlurmctldLogFile=/var/log/slurm/slurmctld.log
-SlurmdLogFile=/var/log/slurm/slurmd.log
+SlurmdLogFile=/var/log/slurm/slurmd-%n.log
 KillWait=5
 MinJobAge=600
-NodeName=${host} CPUs=${cpus} RealMemory=${mem} State=UNKNOWN
-PartitionName=debug Nodes=${host} Default=YES MaxTime=INFINITE State=UP
 CONF
+if [ "${#nodes[@]}" -eq 1 ]; then
+  echo "NodeName=${host} CPUs=${cpus} RealMemory=${mem} State=UNKNOWN" >> /etc/slurm/slurm.conf
+else
+  port=17001
+  for n in "${nodes[@]}"; do
+    echo "NodeName=${n} NodeHostname=${host} NodeAddr=127.0.0.1 Port=${port} CPUs=$((cpus / 2)) RealMemory=$((mem / 2)) State=UNKNOWN" >> /etc/slurm/slurm.conf
+    port=$((port + 1))
+  done
+fi
+echo "PartitionName=debug Nodes=$(IFS=,; echo "${nodes[*]}") Default=YES MaxTime=INFINITE State=UP" >> /etc/slurm/slurm.conf
 pgrep -x slurmctld >/dev/null || /usr/sbin/slurmctld
-pgrep -x slurmd >/dev/null || /usr/sbin/slurmd
+for n in "${nodes[@]}"; do
+  pgrep -f "slurmd -N ${n}\$" >/dev/null || /usr/sbin/slurmd -N "$n"
+done
 for _ in $(seq 1 30); do
-  if sinfo -h -o '%T' 2>/dev/null | grep -qE '^(idle|mixed|allocated)'; then echo "slurm: node ${host} up (${cpus} CPUs)"; exit 0; fi
+  up=$(sinfo -h -N -o '%T' 2>/dev/null | grep -cE '^(idle|mixed|allocated)' || true)
+  if [ "$up" -eq "${#nodes[@]}" ]; then echo "slurm: nodes ${nodes[*]} up (${cpus} CPUs in all)"; exit 0; fi
   sleep 1
 done
 echo "slurm: the node did not come up; see /var/log/slurm/" >&2
