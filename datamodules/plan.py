@@ -27,6 +27,7 @@ those written before it existed: an existing run directory loads and matches as 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,14 +252,12 @@ def _read_plan_locked(run_dir: str | Path) -> Plan | None:
     must not read it while another task is between writing plan.pt and plan.json (it would see
     plan.pt alone and call the plan incomplete). A run directory where the lock file cannot be
     made (read-only) is read without it: nothing can be writing there."""
-    try:
-        lock = PlanLock(run_dir).__enter__()
-    except OSError:
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(PlanLock(run_dir))
+        except OSError:
+            pass
         return load_plan(run_dir)
-    try:
-        return load_plan(run_dir)
-    finally:
-        lock.__exit__()
 
 
 def load_or_create_plan(run_dir: str | Path | None, save: bool = True, **settings) -> Plan:
