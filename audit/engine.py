@@ -199,14 +199,20 @@ class Audit:
 
 
 def rotate(dm, settings: AuditSettings, signals: dict[int, dict[str, dict]], models: list[int],
-           targets: list[int], latency: int | None = None) -> dict[int, dict]:
+           targets: list[int], latency: int | None = None, context=None) -> dict[int, dict]:
     """Every model of `targets` audited as the target, the other `models` as its references,
     from signals already computed ({model: {strategy name: signals on the audited samples}}):
     {model: {"attacks": {setting: numbers with intervals and eps_lb}, "train_acc", "test_acc",
-    "acc_gap", "references"}}. Rotation adds only attack math: no model is queried again."""
+    "acc_gap", "references"}, plus "skipped" ({attack: why}) when an attack could not score
+    and "attack_details" when an attack reports facts}. Rotation adds only attack math: no
+    model is queried again. `context(m, refs)`, when given, is target m's AttackContext: the
+    attacks that prepare something (QMIA's regression model, the trajectories) prepare it
+    for each target; without it they have no row for a rotated target, and say why."""
     out = {}
     for m in targets:
         audit = Audit(dm, m, settings, refs=[k for k in models if k != m])
+        if context is not None:
+            audit.prepare(context(m, audit.refs))
         metrics, acc = {}, None
         for s in settings.strategies:
             target = signals[m][s.name]
@@ -216,6 +222,11 @@ def rotate(dm, settings: AuditSettings, signals: dict[int, dict[str, dict]], mod
             metrics.update({setting_name(n, s.name, latency): v for n, v in audit.score(target, refs, s.name).items()})
         attacks, _ = audit.summaries(metrics)
         out[m] = {**acc, "references": audit.refs, "attacks": attacks}
+        skipped = {n: r for n, r in audit.skipped_now(metrics).items() if n not in audit.skipped}
+        if skipped:  # the run-wide skips are the report's own `skipped`; these are this target's
+            out[m]["skipped"] = skipped
+        if audit.details():
+            out[m]["attack_details"] = audit.details()
     return out
 
 

@@ -134,6 +134,19 @@ def run_audit(dm, settings: AuditSettings, *, latencies=None, report_dir=None, t
     rotated = None
     if len(checked["targets"]) > 1:  # every listed model in turn as the target, from the signals above
         models, rotated = [target_index, *audit.refs, *extra], {}
+        signals_of = {target_index: {n: sig[0][lats[0]] for n, sig in signals.items()}}
+        for i, k in enumerate(audit.refs):
+            signals_of[k] = {n: sig[1][lats[0]][i] for n, sig in signals.items()}
+        for i, k in enumerate(extra):
+            signals_of[k] = {n: sig[2][lats[0]][i] for n, sig in signals.items()}
+
+        def context(m: int, refs: list[int]) -> AttackContext:
+            """Target m's context, as the main target's above: its own done.json and signals."""
+            done_m = read_done(run_dir, m)
+            hp = done_m.get("hparams") or {}
+            return AttackContext(dm, m, hp, signals_of[m], epochs=int(done_m.get("epochs") or hp.get("max_epochs") or 1),
+                                 checkpoint_sha256=done_m.get("checkpoint_sha256"), device=device, final=True,
+                                 references=refs)
         for latency in lats:
             by_model = {target_index: {name: sig[0][latency] for name, sig in signals.items()}}
             for i, k in enumerate(audit.refs):
@@ -141,7 +154,7 @@ def run_audit(dm, settings: AuditSettings, *, latencies=None, report_dir=None, t
             for i, k in enumerate(extra):
                 by_model[k] = {name: sig[2][latency][i] for name, sig in signals.items()}
             shown = None if latency in (None, trained_T) else latency
-            for m, result in rotate(dm, settings, by_model, models, checked["targets"], shown).items():
+            for m, result in rotate(dm, settings, by_model, models, checked["targets"], shown, context).items():
                 if m not in rotated:
                     rotated[m] = result
                 else:

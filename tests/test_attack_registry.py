@@ -199,3 +199,14 @@ def test_the_example_attack_runs_on_a_finished_run(own_attack_run):
     with pytest.raises(ConfigError, match="use='mode'"):
         AuditSettings(attacks=[{"class_path": "examples.my_attack.DifficultyCalibration",
                                 "init_args": {"use": "mode"}}]).check()
+
+
+def test_a_study_tabulates_qmia_and_trajectory_when_it_runs_them():
+    """QMIA and the trajectory attack are study columns (the Fashion-MNIST study compares them with
+    offline RMIA and online LiRA); a study that does not run them has no such column."""
+    from study.report import main_attack_names
+
+    row = {"auc": 0.5}
+    ran = {"attacks": {"qmia": row, "trajectory": row, "rmia_offline": row, "lira_online": row}}
+    assert main_attack_names({"e": ran}) == ["rmia_offline", "lira_online", "qmia", "trajectory"]
+    assert main_attack_names({"e": {"attacks": {"rmia_offline": row}}}) == ["rmia_offline"]

@@ -88,3 +88,30 @@ def test_references_trained_one_by_one_record_their_trajectories(tmp_path):
         assert len(list((rd / f"model_{k}" / "trajectory").glob("epoch_*.pt"))) == 2
     report = json.loads((rd / "audit" / "report.json").read_text())
     assert list(report["attacks"]) == ["trajectory"] and not report["skipped"]
+
+
+def test_every_rotated_target_gets_qmia_and_its_trajectory(tmp_path):
+    """`run.py audit --targets all` (what a study runs): each target prepares its own QMIA model
+    and reads its own trajectory, as the main target does; the fit's rotation (before model 0's
+    done.json exists) says per target why they have no row."""
+    rd = tmp_path / "run"
+    common = ["--run_dir", str(rd), "--data.num_references", "4", "--model.kind", "ann", "--model.width", "0.25",
+              *QUIET]
+    assert run.main(["fit", *common, "--trainer.max_epochs", "2",
+                     "--trainer.callbacks.attacks", "[rmia_offline, qmia, trajectory]"]) == 0
+    fitted = json.loads((rd / "audit" / "report.json").read_text())
+    for m in ("0", "1", "2", "3", "4"):
+        assert set(fitted["targets"][m]["skipped"]) == {"qmia", "trajectory"}, fitted["targets"][m]
+    assert list(fitted["attacks"]) == ["rmia_offline", "qmia", "trajectory"]
+    assert run.main(["audit", *common, "--attacks", "[rmia_offline, qmia, trajectory]", "--qmia_steps", "5",
+                     "--targets", "all"]) == 0
+    report = json.loads((rd / "audit" / "report.json").read_text())
+    assert not report["skipped"]
+    for m in ("0", "1", "2", "3", "4"):
+        target = report["targets"][m]
+        assert list(target["attacks"]) == ["rmia_offline", "qmia", "trajectory"], (m, target)
+        assert "skipped" not in target and target["attack_details"]["qmia"]["plain"]["steps"] == 5
+        assert (rd / f"model_{m}" / "qmia" / "plain.json").is_file()
+    for name in ("qmia", "trajectory"):  # model 0 in the rotation has the main target's references
+        assert report["targets"]["0"]["attacks"][name]["auc"] == report["attacks"][name]["auc"]
+    assert report["across_targets"]["trajectory"]["auc"]["n"] == 5

@@ -54,6 +54,7 @@ class Qmia(Attack):
                              lambda k, v: check_int(k, v, 0)),
     }
     order = 80
+    study = True  # a column of the study tables when a study runs it (not in the default selection)
 
     def __init__(self, **args):
         super().__init__(**args)
@@ -66,8 +67,8 @@ class Qmia(Attack):
 
     def unavailable(self, data):
         if (data.extra.get("qmia") or {}).get(data.strategy) is None:
-            return ("QMIA trains its regression model for the main target at the last audited epoch only "
-                    "(earlier epochs and rotated targets have none)")
+            return ("QMIA trains its regression model for the main target at the last audited epoch only; the "
+                    "rotation at the end of fit has none (`run.py audit --targets all` gives every target its own)")
         return None
 
     def score(self, data):

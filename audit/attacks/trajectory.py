@@ -22,6 +22,7 @@ class Trajectory(Attack):
     signals = ("trajectory",)
     references = "in_out"
     order = 90
+    study = True  # a column of the study tables when a study runs it (not in the default selection)
 
     def prepare(self, context) -> dict:
         from audit.trajectory import read_epoch, recorded_epochs
