@@ -142,6 +142,22 @@ class Audit:
         late = {n: r for n, r in self.late_skipped.items() if n not in scored}
         return {**self.skipped, **late}
 
+    def costs(self, metrics: dict) -> dict[str, dict]:
+        """{report row: {"models_trained", "inference_passes"}} of the rows in `metrics`
+        (report.json `attack_costs`): each attack's `cost` with the queries of the row's query
+        setting and this target's number of references. A row at another latency counts the
+        passes at that latency like any other."""
+        by_name = {a.report_name(): a for a in self.runnable}
+        queries = {s.name: s.num_queries for s in self.settings.strategies}
+        out = {}
+        for row in metrics:
+            attack, _, setting = row.partition("@")
+            if attack not in by_name:
+                continue
+            strategy = next((p for p in setting.split(",") if p and not (p[0] == "T" and p[1:].isdigit())), "plain")
+            out[row] = by_name[attack].cost(queries.get(strategy, 1), len(self.refs), self.extra)
+        return out
+
     def details(self) -> dict:
         """{attack: facts} of the attacks that report some (report.json `attack_details`)."""
         return {a.report_name(): d for a in self.runnable if (d := a.details())}
@@ -173,6 +189,7 @@ class Audit:
                             "assumptions": EPS_ASSUMPTIONS, "attacks": eps}} if eps else {}
         if self.details():
             extra["attack_details"] = self.details()
+        extra["attack_costs"] = self.costs(metrics)
         if targets:
             per_target = {m: t["attacks"] for m, t in targets.items()}
             extra["targets"] = {str(m): t for m, t in targets.items()}
@@ -204,7 +221,7 @@ def rotate(dm, settings: AuditSettings, signals: dict[int, dict[str, dict]], mod
     from signals already computed ({model: {strategy name: signals on the audited samples}}):
     {model: {"attacks": {setting: numbers with intervals and eps_lb}, "train_acc", "test_acc",
     "acc_gap", "references"}, plus "skipped" ({attack: why}) when an attack could not score
-    and "attack_details" when an attack reports facts}. Rotation adds only attack math: no
+    "attack_details" when an attack reports facts, and "attack_costs" (Audit.costs)}. Rotation adds only attack math: no
     model is queried again. `context(m, refs)`, when given, is target m's AttackContext: the
     attacks that prepare something (QMIA's regression model, the trajectories) prepare it
     for each target; without it they have no row for a rotated target, and say why."""
@@ -227,6 +244,7 @@ def rotate(dm, settings: AuditSettings, signals: dict[int, dict[str, dict]], mod
             out[m]["skipped"] = skipped
         if audit.details():
             out[m]["attack_details"] = audit.details()
+        out[m]["attack_costs"] = audit.costs(metrics)
     return out
 
 

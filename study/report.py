@@ -16,6 +16,8 @@ from core.rundir import atomic_write, study_dir
 
 from .access import access_summary, plot_access
 from .access import markdown as access_markdown
+from .comparisons import markdown as comparisons_markdown
+from .comparisons import summary as comparisons_summary
 from .verdicts import aggregate, fmt, target_values
 
 MAIN_ATTACKS = tuple(names_with("study"))  # the registered attacks that declare study = True
@@ -124,6 +126,7 @@ def markdown(study: dict) -> str:
         lines.append("")
     lines += dp_section(study)
     lines += dp_audit_section(study)
+    lines += comparisons_markdown(study)
     lines += access_markdown(study)
     lines += ["distinct conf.: distinct confidences of the first seed's main target / N under that query setting "
               "(low = many ties).",
@@ -560,7 +563,7 @@ def write_study_report(spec: dict, plans: dict, reports: dict[tuple, dict], fact
                          "curves": r.get("curves", {}), "history": r.get("history", []),
                          "seeds": {str(seed): {k: reports[name, seed].get(k) for k in
                                                ("target", "attacks", "targets", "across_targets", "history",
-                                                "canary_audit")}
+                                                "canary_audit", "attack_costs", "attack_details")}
                                    for seed in seeds},
                          "canary_audit": r.get("canary_audit")}
     study = {
@@ -575,6 +578,8 @@ def write_study_report(spec: dict, plans: dict, reports: dict[tuple, dict], fact
         "entries": entries,
     }
     study.update(aggregate(study))
+    study["compare"] = spec.get("compare") or []
+    study["attack_comparisons"] = comparisons_summary(study, study["compare"])
     study["access"] = access_summary(study)
     study["dp_audit"] = dp_audit_rows(study)
     atomic_write(out / "report.json", lambda p: p.write_text(json.dumps(study, indent=1) + "\n"))

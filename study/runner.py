@@ -40,7 +40,7 @@ from core.rundir import plan_paths, report_paths
 
 from .report import table, write_study_report
 
-STUDY_KEYS = {"name", "run_dir", "base_args", "entries", "audit_args", "seeds"}
+STUDY_KEYS = {"name", "run_dir", "base_args", "entries", "audit_args", "seeds", "compare"}
 ENTRY_KEYS = {"name", "args"}
 NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
@@ -118,7 +118,35 @@ def load_study(path: str | Path, run_dir: str | None = None) -> dict:
     for flag in ("--data.seed", "--seed_everything"):
         if seeds is not None and any(a == flag or a.startswith(flag + "=") for e in parsed for a in [*base, *e["args"]]):
             raise StudyError(f"study config {str(path)!r}: {flag} is set per seed by `seeds`; remove it from the args")
-    return {"name": name, "run_dir": rd, "entries": parsed, "seeds": seeds, "base_args": base, "audit_args": audit_args}
+    compare = _compare(raw.get("compare"), path, [*base, *audit_args, *(a for e in parsed for a in e["args"])])
+    return {"name": name, "run_dir": rd, "entries": parsed, "seeds": seeds, "base_args": base, "audit_args": audit_args,
+            "compare": compare}
+
+
+def _compare(value: Any, path: Path, args: list[str]) -> list[list[str]]:
+    """`compare`: pairs of attack settings [a, b] (a minus b). Each attack must be registered
+    or named in the study's args (a user's attack by its class), so a typo fails before any
+    training."""
+    from audit.attacks import REGISTRY
+
+    if value is None:
+        return []
+    where = f"study config {str(path)!r}: compare"
+    example = "e.g. [[qmia, rmia_offline], [trajectory, lira_online]]"
+    if not isinstance(value, list) or not value:
+        raise StudyError(f"{where} must be a non-empty list of [attack, attack] pairs, {example}; got {value!r}")
+    out = []
+    for i, pair in enumerate(value):
+        if (not isinstance(pair, list) or len(pair) != 2 or not all(isinstance(x, str) and x for x in pair)
+                or pair[0] == pair[1]):
+            raise StudyError(f"{where}[{i}]={pair!r}: expected two different attack names, {example}")
+        for x in pair:
+            attack = x.split("@")[0]
+            if attack not in REGISTRY and not any(attack in a for a in args):
+                raise StudyError(f"{where}[{i}]: unknown attack {attack!r}; allowed: the registered attacks "
+                                 f"{sorted(REGISTRY)} or a user's attack named in the study's args")
+        out.append(list(pair))
+    return out
 
 
 def seed_dir(spec: dict, seed: int | None) -> Path:

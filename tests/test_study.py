@@ -112,10 +112,14 @@ BAD = {
     "run_dir in args": {"run_dir": "R", "entries": [{"name": "a", "args": ["--run_dir", "x"]}]},
     "no run_dir": {"entries": [{"name": "a"}]},
     "not a mapping": ["a", "b"],
+    "compare typo": {"run_dir": "R", "entries": [{"name": "a"}], "compare": [["qmiaa", "rmia_offline"]]},
+    "compare not pairs": {"run_dir": "R", "entries": [{"name": "a"}], "compare": [["qmia"]]},
+    "compare same": {"run_dir": "R", "entries": [{"name": "a"}], "compare": [["qmia", "qmia"]]},
 }
 EXPECT = {"no entries": "entries", "missing entries": "entries", "duplicate": "duplicate", "slash": "'a/b'",
           "unknown key": "'epochs'", "unknown entry key": "'argz'", "args not a list": "args",
-          "run_dir in args": "--run_dir", "no run_dir": "run_dir", "not a mapping": "mapping"}
+          "run_dir in args": "--run_dir", "no run_dir": "run_dir", "not a mapping": "mapping", "compare typo": "unknown attack 'qmiaa'",
+          "compare not pairs": "compare[0]=['qmia']", "compare same": "two different attack names"}
 
 
 @pytest.mark.parametrize("case", list(BAD))
@@ -268,7 +272,7 @@ def test_verdicts_pair_targets_within_seeds_and_use_the_seed_as_the_unit():
 
 def test_a_study_with_seeds_trains_each_entry_per_seed_and_reports_verdicts(tmp_path, capsys):
     rd = tmp_path / "study"
-    cfg = write_study(tmp_path / "s.yaml", rd, seeds=[0, 1])
+    cfg = write_study(tmp_path / "s.yaml", rd, seeds=[0, 1], compare=[["reference_ratio", "attack_p"]])
     assert study_main(["--config", str(cfg)]) == 0
     for seed in (0, 1):
         for name in ("ann", "snn_T1"):
@@ -296,6 +300,13 @@ def test_a_study_with_seeds_trains_each_entry_per_seed_and_reports_verdicts(tmp_
     assert finding["verdict"] == ("holds" if lo > 0 else "reversed" if hi < 0 else "not resolved at 95%")
     md = (rd / "study" / "report.md").read_text()
     assert "## The paper's findings" in md and "snn_T1 - ann" in md and " [" in md
+    # compare: reference_ratio minus attack_p on the same targets, with the counted costs
+    comp = {(d["entry"], d["metric"]): d for d in study["attack_comparisons"]["differences"]}
+    assert comp["snn_T1", "auc"]["n_values"] == 6 and comp["snn_T1", "auc"]["a"] == "reference_ratio"
+    assert study["attack_comparisons"]["costs"]["ann"] == {
+        "reference_ratio": {"models_trained": 2, "inference_passes": 3},
+        "attack_p": {"models_trained": 0, "inference_passes": 1}}
+    assert "## Attacks compared" in md and "| ann | reference_ratio - attack_p |" in md
     assert (rd / "study" / "leakage_vs_T.png").stat().st_size > 10_000
     capsys.readouterr()
     # --seeds: a subset of the file's seeds, trained nothing new here, reported alone

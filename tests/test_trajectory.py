@@ -115,3 +115,38 @@ def test_every_rotated_target_gets_qmia_and_its_trajectory(tmp_path):
     for name in ("qmia", "trajectory"):  # model 0 in the rotation has the main target's references
         assert report["targets"]["0"]["attacks"][name]["auc"] == report["attacks"][name]["auc"]
     assert report["across_targets"]["trajectory"]["auc"]["n"] == 5
+    # The cost of each attack, counted: model 0 has the 4 other models as references, a rotated
+    # target 3 (its complement left out); 2 audited epochs of trajectory per model; one query.
+    assert report["attack_costs"] == {
+        "rmia_offline": {"models_trained": 4, "inference_passes": 5},
+        "qmia": {"models_trained": 1, "inference_passes": 2},
+        "trajectory": {"models_trained": 4, "inference_passes": 10}}
+    assert report["targets"]["3"]["attack_costs"] == {
+        "rmia_offline": {"models_trained": 3, "inference_passes": 4},
+        "qmia": {"models_trained": 1, "inference_passes": 2},
+        "trajectory": {"models_trained": 3, "inference_passes": 8}}
+
+
+def test_attack_costs_count_the_queries_of_each_row_and_the_recorded_epochs():
+    """Audit.costs per report row: a dropout row with 10 queries costs 10 passes per model; a row
+    at another latency counts like its query setting; the trajectory counts its epochs whatever
+    the query setting; an attack without references reads the target alone."""
+    from types import SimpleNamespace
+
+    from attacks.queries import parse_query
+    from audit.attacks import REGISTRY
+    from audit.engine import Audit
+
+    strategies = [parse_query("plain"), parse_query("dropout:p=0.01,n=10")]
+    audit = SimpleNamespace(runnable=[REGISTRY[n]() for n in ("rmia_offline", "attack_p", "trajectory")],
+                            settings=SimpleNamespace(strategies=strategies), refs=[1, 2, 3],
+                            extra={"trajectory": {"epochs": [0, 1, 2]}})
+    rows = ["rmia_offline", "rmia_offline@dropout_p0.01_n10", "rmia_offline@dropout_p0.01_n10,T2",
+            "attack_p@T4", "trajectory", "trajectory@dropout_p0.01_n10", "unknown_row"]
+    costs = Audit.costs(audit, dict.fromkeys(rows))
+    assert costs == {"rmia_offline": {"models_trained": 3, "inference_passes": 4},
+                     "rmia_offline@dropout_p0.01_n10": {"models_trained": 3, "inference_passes": 40},
+                     "rmia_offline@dropout_p0.01_n10,T2": {"models_trained": 3, "inference_passes": 40},
+                     "attack_p@T4": {"models_trained": 0, "inference_passes": 1},
+                     "trajectory": {"models_trained": 3, "inference_passes": 12},
+                     "trajectory@dropout_p0.01_n10": {"models_trained": 3, "inference_passes": 12}}

@@ -254,6 +254,16 @@ class Attack:
         auxiliary model's training budget); {} for none."""
         return {}
 
+    def cost(self, queries: int, references: int, extra: dict) -> dict:
+        """What this attack took on one target, counted rather than timed (the counts do not
+        depend on the machine): `models_trained`, the models trained for it besides the
+        target (the references it reads, plus its auxiliary model), and `inference_passes`,
+        forward passes of one model over the audit set and the population with one query
+        (the target's and each reference's passes of a setting with `queries` queries).
+        `references`: how many references this target has; `extra`: what `prepare` added."""
+        refs = references if self.references != "none" else 0
+        return {"models_trained": refs + (1 if self.auxiliary else 0), "inference_passes": queries * (1 + refs)}
+
     def score(self, data: AttackData) -> torch.Tensor:
         """[N] float scores, higher = more likely a member."""
         raise NotImplementedError

@@ -80,6 +80,12 @@ class Qmia(Attack):
     def details(self) -> dict:
         return self._details
 
+    def cost(self, queries, references, extra):
+        """No reference: one regression model trained (at most one reference's optimiser
+        steps, on the population), the target's passes, and one pass of the regression model
+        over the audit set and the population."""
+        return {"models_trained": 1, "inference_passes": queries + 1}
+
     # -- the regression model ---------------------------------------------------------------
     def _fit(self, ctx, strategy: str, signals: dict) -> dict:
         dm = ctx.dm

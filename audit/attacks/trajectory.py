@@ -46,6 +46,13 @@ class Trajectory(Attack):
         return {"trajectory": {"epochs": epochs, "target": stack(context.target),
                                "references": torch.stack([stack(k) for k in context.references])}}
 
+    def cost(self, queries, references, extra):
+        """The trajectory is recorded while each model trains: one pass per audited epoch of
+        the target and of every reference (the query setting does not change it), and no
+        model trained for the attack beyond the references."""
+        epochs = len((extra.get("trajectory") or {}).get("epochs") or [])
+        return {"models_trained": references, "inference_passes": epochs * (1 + references)}
+
     def unavailable(self, data):
         t = data.extra.get("trajectory")
         if t is None:
