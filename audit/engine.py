@@ -22,7 +22,8 @@ from .attacks import AttackContext, recorded_levels
 from .cache import cached_signals_by_latency
 from .distributed import Ranks
 from .report import write_report
-from .scoring import NO_REFERENCES, accuracies, evaluate, reference_indices, runnable, setting_name
+from .scoring import (NO_REFERENCES, accuracies, evaluate, parse_setting_name, reference_indices, runnable,
+                      setting_name)
 from .settings import AuditSettings
 from .stats import CONFIDENCE, EPS_ASSUMPTIONS, across_targets, attack_summaries
 from .signals import subset
@@ -151,11 +152,9 @@ class Audit:
         queries = {s.name: s.num_queries for s in self.settings.strategies}
         out = {}
         for row in metrics:
-            attack, _, setting = row.partition("@")
-            if attack not in by_name:
-                continue
-            strategy = next((p for p in setting.split(",") if p and not (p[0] == "T" and p[1:].isdigit())), "plain")
-            out[row] = by_name[attack].cost(queries.get(strategy, 1), len(self.refs), self.extra)
+            attack, strategy, _ = parse_setting_name(row)
+            if attack in by_name:
+                out[row] = by_name[attack].cost(queries.get(strategy, 1), len(self.refs), self.extra)
         return out
 
     def details(self) -> dict:
@@ -220,9 +219,9 @@ def rotate(dm, settings: AuditSettings, signals: dict[int, dict[str, dict]], mod
     """Every model of `targets` audited as the target, the other `models` as its references,
     from signals already computed ({model: {strategy name: signals on the audited samples}}):
     {model: {"attacks": {setting: numbers with intervals and eps_lb}, "train_acc", "test_acc",
-    "acc_gap", "references"}, plus "skipped" ({attack: why}) when an attack could not score
-    "attack_details" when an attack reports facts, and "attack_costs" (Audit.costs)}. Rotation adds only attack math: no
-    model is queried again. `context(m, refs)`, when given, is target m's AttackContext: the
+    "acc_gap", "references", "attack_costs" (Audit.costs)}, plus "skipped" ({attack: why})
+    when an attack could not score and "attack_details" when an attack reports facts}.
+    Rotation adds only attack math: no model is queried again. `context(m, refs)`, when given, is target m's AttackContext: the
     attacks that prepare something (QMIA's regression model, the trajectories) prepare it
     for each target; without it they have no row for a rotated target, and say why."""
     out = {}

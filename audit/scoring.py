@@ -23,6 +23,15 @@ def setting_name(attack: str, strategy_name: str, latency: int | None = None) ->
     return f"{attack}@{','.join(parts)}" if parts else attack
 
 
+def parse_setting_name(name: str) -> tuple[str, str, int | None]:
+    """The inverse of setting_name: (attack, query strategy name, latency or None)."""
+    attack, _, rest = name.partition("@")
+    parts = [p for p in rest.split(",") if p]
+    latency = next((int(p[1:]) for p in parts if p[0] == "T" and p[1:].isdigit()), None)
+    strategy = next((p for p in parts if not (p[0] == "T" and p[1:].isdigit())), "plain")
+    return attack, strategy, latency
+
+
 def reference_indices(run_dir, num_references: int, target: int) -> list[int]:
     """The references of target `target`: every other model of the run (0..K) that finished
     training. With the paired plan each audit sample is IN for some of them and OUT for others."""
