@@ -99,3 +99,40 @@ def test_a_wandb_fit_prints_at_most_ten_lines_more_than_without_it(tmp_path):
         (folder,) = (rd / f"model_{k}" / "wandb").glob("offline-run-*")
         line = next(line for line in said if f"/model_{k}:" in line)
         assert line == f"W&B run {rd.name}/model_{k}: offline in {folder}; upload it with: wandb sync {folder}"
+
+
+def test_a_run_file_is_read_only_once_wandb_has_written_it(tmp_path, monkeypatch):
+    """run.finish() returns before W&B's service writes the run file's last block: with the
+    service paused as it is told the run is over, the file is its 7-byte header alone, and
+    read_run waits (wandb.teardown) until the service, resumed later, has written it all."""
+    import os
+    import signal
+    import subprocess
+    import threading
+
+    import wandb
+    from wandb.sdk.lib.service import service_connection
+    from wandb_records import records
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    wandb.teardown()  # a service of this test's own, found by its parent's pid
+    informed = service_connection.ServiceConnection.inform_finish
+    paused = []
+
+    def pause_then_inform(self, run_id):
+        core = subprocess.run(["pgrep", "-f", f"wandb-core.*--pid {os.getpid()}"], capture_output=True, text=True)
+        paused.append(int(core.stdout.split()[0]))
+        os.kill(paused[0], signal.SIGSTOP)
+        threading.Timer(1.0, os.kill, (paused[0], signal.SIGCONT)).start()
+        informed(self, run_id)
+
+    monkeypatch.setattr(service_connection.ServiceConnection, "inform_finish", pause_then_inform)
+    run_ = wandb.init(project="mia-test", dir=str(tmp_path), id="settle", settings=wandb.Settings(silent=True))
+    run_.define_metric("epoch")
+    run_.define_metric("audit/*", step_metric="epoch")
+    run_.log({"epoch": 0, "audit/x": 0.5})
+    run_.finish()
+    (path,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    assert paused and path.stat().st_size == 7 and list(records(path)) == []  # finish() returned; nothing written
+    record = read_run(path)
+    assert record["metrics"] == {"epoch": "", "audit/*": "epoch"} and record["history"][0]["audit/x"] == 0.5

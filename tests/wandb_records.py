@@ -54,12 +54,31 @@ def records(path: str | Path):
         yield rec
 
 
-def read_run(path: str | Path) -> dict:
+def settle() -> None:
+    """Wait until W&B has written every run of this process to disk.
+
+    `run.finish()` returns once the service process (wandb-core) has acknowledged the run's
+    exit, but it only *informs* the service that the run is over. The service keeps the run
+    file's last block (32 KiB) in memory and writes it when it closes the run, a moment later.
+    A run file under 32 KiB read right after finish() can be its 7-byte header alone, with no
+    record in it; tests/test_wandb.py shows it by pausing the service. `wandb.teardown()` waits
+    until the service has closed every run and stopped (the next run starts a new one)."""
+    if "wandb" in sys.modules:
+        import wandb
+
+        wandb.teardown()
+
+
+def read_run(path: str | Path, finished: bool = True) -> dict:
     """{id, tags, config: {key: value}, metrics: {glob or name: step_metric}, history: [{key: value}],
-    summary: {key: value}} of one offline run file."""
+    summary: {key: value}} of one offline run file. Runs of this process are settled first.
+    `finished`: the run must hold its exit record (a run killed before it ended has none)."""
+    settle()
     out = {"id": None, "tags": [], "config": {}, "metrics": {}, "history": [], "summary": {}}
+    exited = False
     for rec in records(path):
         kind = rec.WhichOneof("record_type")
+        exited = exited or kind == "exit"
         if kind == "run":
             out["id"] = rec.run.run_id
             out["tags"] = list(rec.run.tags)
@@ -77,7 +96,18 @@ def read_run(path: str | Path) -> dict:
         elif kind == "summary":
             for item in rec.summary.update:
                 out["summary"][item.key or ".".join(item.nested_key)] = json.loads(item.value_json)
+    if finished and not exited:
+        raise ValueError(f"the run did not finish writing: {describe(path)}")
     return out
+
+
+def describe(path: str | Path) -> str:
+    """One line about a run file for a failing assertion: its size and how many records of
+    each kind it holds (no `exit` record: W&B had not finished writing it)."""
+    from collections import Counter
+
+    kinds = Counter(rec.WhichOneof("record_type") for rec in records(path))
+    return f"{path}: {Path(path).stat().st_size} bytes, records {dict(kinds)}"
 
 
 def render(run_file: str | Path, out: str | Path, attacks=("rmia_offline", "lira_online", "attack_p")) -> Path:
