@@ -397,8 +397,8 @@ def leakage_figure(study: dict):
             ax.set_title(f"{title}, query {setting}", fontsize=10)
             ax.grid(alpha=0.3)
     handles, labels = axes[0][-1].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right upper", fontsize=7)
-    fig.suptitle(f"Study {study['name']}: leakage against T, mean and 95% interval (ANN dotted, its interval shaded)")
+    fig.legend(handles, labels, loc="outside right center", fontsize=7)  # clear of the title
+    fig.suptitle(f"Study {study['name']}: leakage against T\nmean and 95% interval (ANN dotted, its interval shaded)")
     return fig
 
 
@@ -454,8 +454,8 @@ def leakage_epsilon_figure(study: dict):
             ax.set_title(f"{title}, query {setting}", fontsize=10)
             ax.grid(alpha=0.3)
     handles, labels = axes[0][-1].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right upper", fontsize=7)
-    fig.suptitle(f"Study {study['name']}: leakage against DP-SGD's epsilon, mean and 95% interval")
+    fig.legend(handles, labels, loc="outside right center", fontsize=7)  # clear of the title
+    fig.suptitle(f"Study {study['name']}: leakage against DP-SGD's epsilon\nmean and 95% interval")
     return fig
 
 
