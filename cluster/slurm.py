@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import ConfigError
-from core.rundir import finished_models, slurm_dir
+from core.rundir import MAX_REFERENCES, finished_models, slurm_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -149,9 +149,9 @@ def study(args: list[str]) -> tuple[str, int, dict, dict]:
         raise SlurmError(f"run_dir={run_dir!r} is not allowed; allowed: a folder path without whitespace "
                          "(#SBATCH --output cannot hold one)")
     k = (cfg.get("data") or {}).get("num_references")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 0 or k % 2:
-        raise SlurmError(f"data.num_references={k!r} is not allowed; allowed: an even integer >= 0 "
-                         "(references come in complementary pairs)")
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= MAX_REFERENCES or k % 2:
+        raise SlurmError(f"data.num_references={k!r} is not allowed; allowed: an even integer in [0, "
+                         f"{MAX_REFERENCES}] (references come in complementary pairs)")
     trainer = cfg.get("trainer") or {}
     if trainer.get("default_root_dir") is not None:
         raise SlurmError(f"trainer.default_root_dir={trainer['default_root_dir']!r} is not allowed with submit: "

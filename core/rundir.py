@@ -32,6 +32,13 @@ from pathlib import Path
 from .errors import ConfigError, first_line
 from .faults import kill_point
 
+# The most references a run may have (model_1 .. model_K). Each is a model to train, and LiRA's
+# and RMIA's papers use at most 256: a larger K is a typo, and the plan's K x N membership
+# matrix would not fit in memory.
+MAX_REFERENCES = 1024
+REFERENCES_ALLOWED = (f"expected an even integer in [0, {MAX_REFERENCES}] (each reference is a model to train; "
+                      "LiRA and RMIA use at most 256)")
+
 _SHA_MEMO: dict[tuple, str] = {}
 
 

@@ -122,11 +122,27 @@ def test_a_dp_mapping_is_accepted_or_refused_in_one_line_naming_model_dp(dp):
         assert_one_line_naming(err, "model.dp")
 
 
+@pytest.mark.parametrize("k, allowed", [(1024, True), (1026, False), (10 ** 8, False), (2 ** 63, False)])
+def test_a_reference_count_past_the_maximum_is_refused_before_the_plan_is_drawn(k, allowed):
+    # A K of 10^8 (a value hypothesis drew above) drew its plan pair by pair until the machine ran out of memory.
+    from datamodules import MembershipDataModule
+    from datamodules.plan import make_plan
+
+    for build in (lambda: MembershipDataModule(num_references=k), lambda: make_plan("digits", 1797, k, 0)):
+        if allowed:
+            build()
+            continue
+        with pytest.raises(ConfigError) as err:
+            build()
+        assert str(err.value).startswith(f"data.num_references={k} is not allowed; expected an even integer in [0, 1024]")
+
+
 # -- through run.py: exit 2, one line, nothing written ------------------------------------------
 @pytest.mark.parametrize("flags, key", [
     (["--data.seed", str(2 ** 70)], "data.seed"),
     (["--model.tau", "nan"], "model.tau"),
     (["--queries", "[]"], "queries"),
+    (["--data.num_references", "100000000"], "data.num_references"),  # once filled the memory drawing its plan
 ])
 def test_bad_flags_through_run_py_exit_2_in_one_line_and_write_nothing(tmp_path, flags, key):
     rd = tmp_path / "run"
