@@ -124,7 +124,7 @@ def test_a_dp_mapping_is_accepted_or_refused_in_one_line_naming_model_dp(dp):
 
 @pytest.mark.parametrize("k, allowed", [(1024, True), (1026, False), (10 ** 8, False), (2 ** 63, False)])
 def test_a_reference_count_past_the_maximum_is_refused_before_the_plan_is_drawn(k, allowed):
-    # A K of 10^8 (a value hypothesis drew above) drew its plan pair by pair until the machine ran out of memory.
+    # A huge K, as the property test above may draw, drew its plan pair by pair until the machine ran out of memory.
     from datamodules import MembershipDataModule
     from datamodules.plan import make_plan
 
