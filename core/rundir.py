@@ -36,8 +36,13 @@ from .faults import kill_point
 # and RMIA's papers use at most 256: a larger K is a typo, and the plan's K x N membership
 # matrix would not fit in memory.
 MAX_REFERENCES = 1024
-REFERENCES_ALLOWED = (f"expected an even integer in [0, {MAX_REFERENCES}] (each reference is a model to train; "
-                      "LiRA and RMIA use at most 256)")
+
+
+def check_num_references(k) -> None:
+    """K: an even integer (references come in complementary pairs) in [0, MAX_REFERENCES]."""
+    if not (isinstance(k, int) and not isinstance(k, bool) and 0 <= k <= MAX_REFERENCES and k % 2 == 0):
+        raise ConfigError(f"data.num_references={k!r} is not allowed; expected an even integer in "
+                          f"[0, {MAX_REFERENCES}] (each reference is a model to train; LiRA and RMIA use at most 256)")
 
 _SHA_MEMO: dict[tuple, str] = {}
 

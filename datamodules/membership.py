@@ -16,8 +16,8 @@ from torch.utils.data import DataLoader
 
 from .canaries import Joined, canary_images, check_canaries
 from .datasets import IndexedImages, Pool, crop_flip, dataset_info, load_pool
-from core.errors import ConfigError, check_int
-from core.rundir import MAX_REFERENCES, REFERENCES_ALLOWED, check_trained_on
+from core.errors import check_int
+from core.rundir import check_num_references, check_trained_on
 from core.seeds import derive_seed
 from .plan import MIN_AUDIT_SIZE, MIN_POPULATION, WHY_AUDIT, Plan, load_or_create_plan, resolve_population
 
@@ -134,9 +134,7 @@ class MembershipDataModule(L.LightningDataModule):
         super().__init__()
         info = dataset_info(dataset, root, image_size, resize, download)
         check_int("model.T", T, 1, what=" (run.py gives it to the data module as data.T)")
-        if not (isinstance(num_references, int) and not isinstance(num_references, bool)
-                and 0 <= num_references <= MAX_REFERENCES and num_references % 2 == 0):
-            raise ConfigError(f"data.num_references={num_references!r} is not allowed; {REFERENCES_ALLOWED}")
+        check_num_references(num_references)
         if model_index is not None:
             check_int("data.model_index", model_index, 0, num_references, what=" (0 = target, 1..K = references)")
         check_int("data.batch_size", batch_size, 1)

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from core.errors import ConfigError, first_line
-from core.rundir import (MAX_REFERENCES, REFERENCES_ALLOWED, PlanLock, atomic_write, plan_paths, tensors_sha256,
+from core.rundir import (PlanLock, atomic_write, check_num_references, plan_paths, tensors_sha256,
                           trained_model_dirs)
 
 from .canaries import Canaries, check_canaries, draw_canaries
@@ -108,8 +108,7 @@ def make_plan(dataset: str, pool_size: int, num_references: int, seed: int,
               sample: torch.Tensor | None = None) -> Plan:
     """The plan of these settings. With `canaries` ({count, kind}), `pool_labels`, `num_classes`
     and `sample` (one pool item: the shape and dtype of a noise canary) are needed too."""
-    if not 0 <= num_references <= MAX_REFERENCES or num_references % 2:
-        raise ConfigError(f"data.num_references={num_references!r} is not allowed; {REFERENCES_ALLOWED}")
+    check_num_references(num_references)
     if pool_size < MIN_POPULATION + MIN_AUDIT_SIZE:
         raise ConfigError(f"the pool of {pool_size} samples is too small to audit: it needs at least "
                           f"{MIN_POPULATION + MIN_AUDIT_SIZE}, a population of {MIN_POPULATION} (the target's test "

@@ -63,16 +63,15 @@ def settle() -> None:
     A run file under 32 KiB read right after finish() can be its 7-byte header alone, with no
     record in it; tests/test_wandb.py shows it by pausing the service. `wandb.teardown()` waits
     until the service has closed every run and stopped (the next run starts a new one)."""
-    if "wandb" in sys.modules:
-        import wandb
+    import wandb
 
-        wandb.teardown()
+    wandb.teardown()
 
 
-def read_run(path: str | Path, finished: bool = True) -> dict:
+def read_run(path: str | Path) -> dict:
     """{id, tags, config: {key: value}, metrics: {glob or name: step_metric}, history: [{key: value}],
-    summary: {key: value}} of one offline run file. Runs of this process are settled first.
-    `finished`: the run must hold its exit record (a run killed before it ended has none)."""
+    summary: {key: value}} of one offline run file. Runs of this process are settled first, and
+    the file must hold its exit record."""
     settle()
     out = {"id": None, "tags": [], "config": {}, "metrics": {}, "history": [], "summary": {}}
     exited = False
@@ -96,7 +95,7 @@ def read_run(path: str | Path, finished: bool = True) -> dict:
         elif kind == "summary":
             for item in rec.summary.update:
                 out["summary"][item.key or ".".join(item.nested_key)] = json.loads(item.value_json)
-    if finished and not exited:
+    if not exited:
         raise ValueError(f"the run did not finish writing: {describe(path)}")
     return out
 
